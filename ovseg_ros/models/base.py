@@ -1,0 +1,37 @@
+"""The interface every segmentation model implements (SED, SAN, the baseline)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class OpenVocabModel(nn.Module):
+    """An open-vocabulary semantic segmentation network.
+
+    Subclasses reproduce the authors' inference path from the image the authors' model
+    receives (after detectron2's ``ResizeShortestEdge``) to per-class scores at a requested
+    output size. Text and image are split so that the text features of a vocabulary are
+    computed once (and cached) and reused for every frame.
+    """
+
+    #: Registry name of the variant, e.g. ``"sed_convnext_base"`` (keys the text cache).
+    variant: str = ""
+
+    def encode_text(self, class_names: list[str]) -> torch.Tensor:
+        """Text features for ``class_names``; first dim is ``len(class_names)``, rest model-specific."""
+        raise NotImplementedError
+
+    def forward(self, image: torch.Tensor, text_features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """Per-class scores.
+
+        Args:
+            image: (1, 3, H, W) float RGB in 0..255 on the model's device, as the authors'
+                model receives it (normalisation, padding and CLIP resizing happen inside).
+            text_features: output of :meth:`encode_text` for T classes.
+            output_size: (H0, W0) of the scores, usually the camera image's size.
+
+        Returns:
+            (T, H0, W0) float scores; higher means more likely (argmax gives the label).
+        """
+        raise NotImplementedError

@@ -1,0 +1,94 @@
+"""SED (Xie et al., CVPR 2024): the full inference path of the authors' ``SED.forward``.
+
+normalise with CLIP's mean/std -> stretch to 768 x 768 -> ConvNeXt CLIP dense features
+-> cost volume with the class prompts -> gradual fusion decoder (optionally with category
+early rejection) -> sigmoid at 192 x 192 -> bilinear resize to the output size.
+Test-time sliding window is off in the authors' evaluation and not implemented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..base import OpenVocabModel
+from .decoder import SEDDecoder
+from .image_encoder import ImageEncoder
+from .text_encoder import TextEncoder
+
+# OpenAI CLIP mean/std on the 0..255 scale (the authors' CLIP_PIXEL_MEAN/STD).
+CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
+CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.3231630)
+CLIP_INPUT_SIZE = (768, 768)
+
+
+@dataclass
+class SEDOutput:
+    """One image through SED, with the intermediates the parity checks compare.
+
+    Attributes:
+        clip_input: (1, 3, 768, 768) normalised, resized image fed to the CLIP tower.
+        clip_dense: (1, E, 24, 24) per-pixel CLIP embeddings.
+        logits: (K, 192, 192) logits of the classes that reached the last stage.
+        kept: (K,) their class ids (all T without CER).
+        kept_per_stage: CER's cumulative kept ids before decoder stages 1..3; empty without CER.
+        probs: (T, 192, 192) sigmoid probabilities; classes rejected by CER are exactly 0.
+    """
+
+    clip_input: torch.Tensor
+    clip_dense: torch.Tensor
+    logits: torch.Tensor
+    kept: torch.Tensor
+    kept_per_stage: list[torch.Tensor]
+    probs: torch.Tensor
+
+
+class SED(OpenVocabModel):
+    """SED with a ConvNeXt CLIP backbone; build it with :func:`ovseg_ros.models.sed.build_sed`.
+
+    Attributes:
+        cer_topk: K for category early rejection (the authors' ``TEST.FAST_INFERENCE`` with
+            ``TEST.TOPK``); None (default) runs every class through the whole decoder.
+    """
+
+    def __init__(self, variant: str, image_encoder: ImageEncoder, text_encoder: TextEncoder,
+                 decoder: SEDDecoder, cer_topk: int | None = None):
+        super().__init__()
+        self.variant = f"sed_{variant}"
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.decoder = decoder
+        self.cer_topk = cer_topk
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def encode_text(self, class_names: list[str]) -> torch.Tensor:
+        """(T, 80, E) unit prompt embeddings on the model's device; see :class:`TextEncoder`."""
+        return self.text_encoder(class_names)
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) RGB 0..255 -> (1, 3, 768, 768) normalised CLIP input (aspect not kept)."""
+        normalised = (image - self.pixel_mean) / self.pixel_std
+        return F.interpolate(normalised, size=CLIP_INPUT_SIZE, mode="bilinear", align_corners=False)
+
+    @torch.inference_mode()
+    def predict(self, image: torch.Tensor, text_features: torch.Tensor) -> SEDOutput:
+        """Run the network on a (1, 3, H, W) RGB 0..255 image; probabilities at 192 x 192."""
+        clip_input = self.preprocess(image)
+        features = self.image_encoder(clip_input)
+        decoded = self.decoder(features.dense, features.guidance, text_features, self.cer_topk)
+        probs = decoded.logits.new_zeros((len(text_features), *decoded.logits.shape[-2:]))
+        probs[decoded.kept] = decoded.logits.sigmoid()
+        return SEDOutput(clip_input, features.dense, decoded.logits, decoded.kept, decoded.kept_per_stage, probs)
+
+    @staticmethod
+    def postprocess(probs: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """(T, h, w) -> (T, H0, W0), bilinear: detectron2's ``sem_seg_postprocess``, whose crop
+        to the input size is a no-op on SED's 192 x 192 output."""
+        return F.interpolate(probs[None], size=output_size, mode="bilinear", align_corners=False)[0]
+
+    def forward(self, image: torch.Tensor, text_features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """(T, H0, W0) class probabilities for a (1, 3, H, W) RGB 0..255 image."""
+        return self.postprocess(self.predict(image, text_features).probs, output_size)
