@@ -1,0 +1,15 @@
+# The README's two commands. Each does all set-up on a fresh clone (scripts/setup.sh is
+# quick when nothing changed).
+SHELL := /bin/bash
+ACTIVATE := source scripts/activate.sh
+
+.PHONY: setup demo test
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(ACTIVATE) && python -m ovseg_ros.tools.demo $(ARGS)
+
+test: setup
+	@$(ACTIVATE) && python -m pytest test $(ARGS)

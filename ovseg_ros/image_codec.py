@@ -1,0 +1,89 @@
+"""Conversion between ROS image message fields and numpy arrays, without cv_bridge.
+
+Works on the fields of ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` so it is
+testable without ROS and behaves the same on every distro. Every malformed input raises
+:class:`ImageError` with a message fit for a log line; nothing here crashes on bad data.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: Largest image accepted (pixels): 8K UHD. Bigger frames are rejected, not resized.
+MAX_PIXELS = 7680 * 4320
+
+#: encoding -> (channels, numpy dtype, conversion to RGB or None)
+_ENCODINGS = {
+    "rgb8": (3, np.uint8, None),
+    "bgr8": (3, np.uint8, cv2.COLOR_BGR2RGB),
+    "rgba8": (4, np.uint8, cv2.COLOR_RGBA2RGB),
+    "bgra8": (4, np.uint8, cv2.COLOR_BGRA2RGB),
+    "mono8": (1, np.uint8, cv2.COLOR_GRAY2RGB),
+    "mono16": (1, np.uint16, cv2.COLOR_GRAY2RGB),
+}
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+
+class ImageError(ValueError):
+    """An image message that cannot be decoded; the message says what is wrong."""
+
+
+def _check_size(height: int, width: int) -> None:
+    if height <= 0 or width <= 0:
+        raise ImageError(f"image is {width}x{height}: zero size")
+    if height * width > MAX_PIXELS:
+        raise ImageError(f"image is {width}x{height}: larger than the {MAX_PIXELS} pixel limit")
+
+
+def decode_image(encoding: str, height: int, width: int, step: int, data: bytes, is_bigendian: bool = False) -> np.ndarray:
+    """``sensor_msgs/Image`` fields -> (H, W, 3) uint8 RGB.
+
+    mono16 is scaled to 8 bits (value / 257); row padding (``step`` > row bytes) is honoured.
+    """
+    if encoding not in _ENCODINGS:
+        raise ImageError(f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    _check_size(height, width)
+    channels, dtype, to_rgb = _ENCODINGS[encoding]
+    row_bytes = width * channels * np.dtype(dtype).itemsize
+    if step < row_bytes:
+        raise ImageError(f"{encoding} step {step} is less than width x pixel size = {row_bytes}")
+    if len(data) != step * height:
+        raise ImageError(f"data is {len(data)} bytes, expected step x height = {step * height}")
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(height, step)[:, :row_bytes]
+    pixels = rows.view(np.dtype(dtype).newbyteorder(">" if is_bigendian else "<"))
+    pixels = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
+    if dtype == np.uint16:
+        pixels = (pixels.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    if to_rgb is None:
+        return np.ascontiguousarray(pixels)
+    return cv2.cvtColor(np.ascontiguousarray(pixels), to_rgb)
+
+
+def decode_compressed(format_: str, data: bytes) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg or png) -> (H, W, 3) uint8 RGB."""
+    if not data:
+        raise ImageError(f"compressed image ({format_ or 'no format'}) has no data")
+    bgr = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageError(f"cannot decode compressed image (format {format_!r}, {len(data)} bytes)")
+    _check_size(*bgr.shape[:2])
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def encode_image(pixels: np.ndarray) -> tuple[str, int, bytes]:
+    """(H, W) uint8/uint16 or (H, W, 3) uint8 RGB -> (encoding, step, data) for ``sensor_msgs/Image``.
+
+    Data is little-endian (``is_bigendian`` False).
+    """
+    if pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8:
+        encoding = "rgb8"
+    elif pixels.ndim == 2 and pixels.dtype == np.uint8:
+        encoding = "mono8"
+    elif pixels.ndim == 2 and pixels.dtype == np.uint16:
+        encoding = "mono16"
+        pixels = pixels.astype("<u2", copy=False)
+    else:
+        raise ImageError(f"cannot encode array of shape {pixels.shape} and dtype {pixels.dtype}")
+    pixels = np.ascontiguousarray(pixels)
+    return encoding, pixels.strides[0], pixels.tobytes()

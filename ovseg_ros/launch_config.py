@@ -1,0 +1,63 @@
+"""How ``segment.launch.py`` starts the node, as plain data and functions.
+
+The launch file builds its ``launch_ros.actions.Node`` from these, and the demo and the
+tests start the node from :func:`node_command`, the command line launch_ros runs for that
+Node. One definition, so what we test is what ``ros2 launch`` starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE = "ovseg_ros"
+EXECUTABLE = "ovseg_node"
+NODE_NAME = "ovseg"
+PARAMS_FILE = "config/segment.yaml"  # relative to the package's share directory
+
+#: launch argument -> (default, description). "" means: keep the params file's value.
+LAUNCH_ARGUMENTS = {
+    "namespace": ("", "Namespace of the node and its topics."),
+    "image_topic": ("/camera/image_raw", "Camera image topic, remapped to the node's 'image'."),
+    "params_file": ("", "Parameters file (default: the package's config/segment.yaml)."),
+    "model": ("", "Model name, overrides the params file (e.g. sed_convnext_base, san_vit_b_16)."),
+    "weights": ("", "Checkpoint path, overrides the params file."),
+    "device": ("", "Torch device (auto, cpu, cuda, cuda:N), overrides the params file."),
+    "use_sim_time": ("false", "Use /clock (true when playing a bag with --clock)."),
+}
+
+#: Launch arguments that become node parameters of the same name when set.
+PARAMETER_ARGUMENTS = ("model", "weights", "device")
+
+
+def node_parameters(values: dict[str, str], share_dir: Path) -> list:
+    """launch_ros ``parameters=``: the params file, then the overrides given as launch arguments."""
+    params_file = values.get("params_file") or str(share_dir / PARAMS_FILE)
+    overrides = {name: values[name] for name in PARAMETER_ARGUMENTS if values.get(name)}
+    overrides["use_sim_time"] = values.get("use_sim_time", "false").lower() == "true"
+    return [params_file, overrides]
+
+
+def node_remappings(values: dict[str, str]) -> list[tuple[str, str]]:
+    """launch_ros ``remappings=``."""
+    return [("image", values.get("image_topic") or LAUNCH_ARGUMENTS["image_topic"][0])]
+
+
+def node_command(executable: Path, values: dict[str, str], share_dir: Path) -> list[str]:
+    """The command line launch_ros runs for the launch file's Node with these argument values."""
+    argv = [str(executable), "--ros-args", "-r", f"__node:={NODE_NAME}"]
+    if values.get("namespace"):
+        argv += ["-r", f"__ns:=/{values['namespace'].strip('/')}"]
+    for entry in node_parameters(values, share_dir):
+        if isinstance(entry, dict):
+            argv += [arg for name, value in entry.items() for arg in ("-p", f"{name}:={_yaml_value(value)}")]
+        else:
+            argv += ["--params-file", str(entry)]
+    for source, target in node_remappings(values):
+        argv += ["-r", f"{source}:={target}"]
+    return argv
+
+
+def _yaml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

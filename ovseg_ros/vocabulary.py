@@ -1,0 +1,140 @@
+"""Class names: validation, and a persistent cache of their text embeddings.
+
+A vocabulary is a list of class names as a user types them. ``"sofa, couch"`` is one
+class with two synonyms (the models split on ``", "``). Names are validated before any
+model sees them so that a bad request gets a clear answer, not a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import unicodedata
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+#: mono16 labels use 65535 for "unlabeled", so ids 0..65534 are available.
+MAX_CLASSES = 65535
+#: CLIP's context is 77 tokens and the prompt templates take about 10; 150 characters
+#: stays well inside it for any ordinary name.
+MAX_NAME_CHARS = 150
+
+
+class VocabularyError(ValueError):
+    """A vocabulary request that cannot be honoured; the message says why."""
+
+
+def validate_class_names(names: Iterable[str]) -> list[str]:
+    """Return ``names`` with surrounding whitespace stripped, or raise :class:`VocabularyError`.
+
+    Rejects an empty vocabulary, empty names, names with control characters, names over
+    :data:`MAX_NAME_CHARS`, duplicates (case-insensitive) and more than :data:`MAX_CLASSES`
+    names. Non-ASCII letters are fine: CLIP's tokenizer is byte-level.
+    """
+    cleaned = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(names):
+        if not isinstance(raw, str):
+            raise VocabularyError(f"class {index} is a {type(raw).__name__}, not a string")
+        name = raw.strip()
+        if not name:
+            raise VocabularyError(f"class {index} is empty")
+        if any(unicodedata.category(ch).startswith("C") for ch in name):
+            raise VocabularyError(f"class {index} ({name!r}) contains control characters")
+        if len(name) > MAX_NAME_CHARS:
+            raise VocabularyError(f"class {index} is {len(name)} characters long (max {MAX_NAME_CHARS})")
+        key = name.casefold()
+        if key in seen:
+            raise VocabularyError(f"class {index} ({name!r}) duplicates class {seen[key]}")
+        seen[key] = index
+        cleaned.append(name)
+    if not cleaned:
+        raise VocabularyError("the vocabulary is empty: give at least one class name")
+    if len(cleaned) > MAX_CLASSES:
+        raise VocabularyError(f"{len(cleaned)} classes: at most {MAX_CLASSES} fit a mono16 label image")
+    return cleaned
+
+
+def default_cache_dir() -> Path:
+    """``$OVSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/ovseg_ros``, else ``~/.cache/ovseg_ros``."""
+    if os.environ.get("OVSEG_CACHE_DIR"):
+        return Path(os.environ["OVSEG_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ovseg_ros"
+
+
+class TextEmbeddingCache:
+    """Per-class text embeddings on disk, keyed by model variant, weights digest and name.
+
+    One file per class name under ``<root>/text/<variant>-<digest>/``, so any vocabulary
+    that reuses names seen before (in any order, in any earlier run) costs no text
+    encoding for them. Files are written atomically and read with ``weights_only=True``;
+    an unreadable entry is recomputed.
+    """
+
+    def __init__(self, root: Path, variant: str, weights_digest: str) -> None:
+        self.directory = Path(root) / "text" / f"{variant}-{weights_digest}"
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, name: str) -> Path:
+        return self.directory / (hashlib.sha256(name.encode("utf-8")).hexdigest()[:32] + ".pt")
+
+    def lookup(self, names: list[str], encode: Callable[[list[str]], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Embeddings of ``names`` stacked on dim 0: cached ones loaded, the rest encoded in one batch.
+
+        Args:
+            names: validated class names.
+            encode: the model's text encoder, ``list[str] -> (len, ...)`` tensor.
+            device: where the result lives.
+        """
+        found: dict[str, torch.Tensor] = {}
+        for name in names:
+            path = self._path(name)
+            if path.is_file():
+                try:
+                    found[name] = torch.load(path, map_location=device, weights_only=True)
+                except Exception:  # a torn or foreign file: encode again
+                    path.unlink(missing_ok=True)
+        missing = [name for name in names if name not in found]
+        self.hits += len(names) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            encoded = encode(missing)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for name, embedding in zip(missing, encoded):
+                found[name] = embedding
+                self._store(self._path(name), embedding)
+        return torch.stack([found[name].to(device) for name in names])
+
+    @staticmethod
+    def _store(path: Path, embedding: torch.Tensor) -> None:
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(embedding.detach().to("cpu").clone(), tmp)
+        tmp.replace(path)
+
+
+#: SetVocabulary modes (values of the srv constants MODE_REPLACE / MODE_ADD / MODE_REMOVE).
+MODE_REPLACE, MODE_ADD, MODE_REMOVE = 0, 1, 2
+
+
+def edit_vocabulary(current: list[str], labels: list[str], mode: int) -> list[str]:
+    """The vocabulary after a replace / add / remove request, validated.
+
+    Raises :class:`VocabularyError` for an unknown mode, adding a name already present,
+    removing a name that is absent, removing every class, or any name
+    :func:`validate_class_names` rejects.
+    """
+    if mode == MODE_REPLACE:
+        return validate_class_names(labels)
+    if mode == MODE_ADD:
+        return validate_class_names(list(current) + list(labels))
+    if mode == MODE_REMOVE:
+        present = {name.casefold(): name for name in current}
+        removed = {str(label).strip().casefold() for label in labels}
+        unknown = sorted(label for label in removed if label not in present)
+        if unknown:
+            raise VocabularyError(f"cannot remove {', '.join(map(repr, unknown))}: not in the vocabulary")
+        return validate_class_names([name for name in current if name.casefold() not in removed])
+    raise VocabularyError(f"unknown mode {mode} (0 replace, 1 add, 2 remove)")

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine: a virtual environment with pinned versions
+# (requirements.txt + constraints.txt), the ROS 2 Kilted wheels, torch + open_clip, and a
+# colcon build of this package (interfaces + Python modules) into ./install.
+# Running it again only re-checks: pip is skipped while the pins are unchanged.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/venv_path.sh
+source "$repo/scripts/venv_path.sh"
+venv="$(ovseg_venv_path "$repo")"
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null || python=python3
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[setup] creating virtual environment $venv"
+  "$python" -m venv "$venv"
+fi
+stamp="$venv/.ovseg_installed"
+if [ ! -f "$stamp" ]; then
+  echo "[setup] installing pinned packages (first time: several minutes, torch is large)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r "$repo/requirements.txt" -c "$repo/constraints.txt"
+  touch "$stamp"
+else
+  echo "[setup] packages up to date"
+fi
+
+mkdir -p "$repo/log"
+echo "[setup] colcon build"
+# shellcheck disable=SC1091
+source "$venv/bin/activate"
+export AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv"
+cd "$repo"
+colcon --log-base "$repo/log" build \
+  --paths "$repo" --build-base "$repo/build" --install-base "$repo/install" \
+  --symlink-install --event-handlers console_direct- \
+  --cmake-args -DCMAKE_PROJECT_INCLUDE="$repo/cmake/pip_ros_wheels.cmake" -DPython3_EXECUTABLE="$venv/bin/python" \
+  >"$repo/log/colcon_build.txt" 2>&1 || { cat "$repo/log/colcon_build.txt"; exit 1; }
+echo "[setup] done: run 'source scripts/activate.sh'"

@@ -1,0 +1,16 @@
+"""pip install of the ROS-free engine (models, vocabulary, smoothing, rendering, tools).
+
+The ROS 2 package itself is built by colcon from CMakeLists.txt (it generates the
+ovseg_ros.msg / ovseg_ros.srv interfaces); this file lets the engine be used and tested
+without ROS: ``pip install -c constraints.txt .``.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    packages=find_packages(include=["ovseg_ros", "ovseg_ros.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch", "torchvision", "open_clip_torch", "numpy", "opencv-python-headless", "Pillow", "rosbags"],
+    package_data={"ovseg_ros": ["data/*.txt"]},
+    entry_points={"console_scripts": ["ovseg-check-parity = ovseg_ros.tools.check_parity:main"]},
+)

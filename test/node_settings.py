@@ -1,0 +1,13 @@
+"""Settings shared by the tests that start the node."""
+
+import os
+
+#: A real model in a small configuration, so node tests run on a CPU in seconds per frame.
+TEST_MODEL = "san_tiny_dev"
+#: Building the model (and the first text encoding) on a slow shared CPU.
+NODE_READY_TIMEOUT_S = 180.0
+
+
+def answer_timeout() -> float:
+    """Seconds to wait for the node to answer one frame (CI machines can be slow)."""
+    return float(os.environ.get("OVSEG_TEST_ANSWER_TIMEOUT", "60"))

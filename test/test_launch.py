@@ -1,0 +1,77 @@
+"""segment.launch.py, checked as far as possible without launch_ros (not installable here).
+
+The launch file must use only things that exist: the installed executable, the installed
+parameters file, parameter names the node declares and the launch_config helpers, which
+the node tests use to start the node with exactly the launch file's command line.
+"""
+
+import ast
+from pathlib import Path
+
+import yaml
+from ament_index_python.packages import get_package_prefix, get_package_share_directory
+
+from ovseg_ros import launch_config
+from ovseg_ros.parameters import PARAMETERS_BY_NAME
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
+
+
+def launch_tree() -> ast.Module:
+    return ast.parse(LAUNCH_FILE.read_text())
+
+
+def node_call(tree: ast.Module) -> ast.Call:
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"]
+    assert len(calls) == 1, "the launch file starts exactly one Node"
+    return calls[0]
+
+
+def test_launch_file_builds_its_node_from_launch_config():
+    tree = launch_tree()
+    imported = {alias.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "ovseg_ros.launch_config" for alias in n.names}
+    keywords = {kw.arg: kw.value for kw in node_call(tree).keywords}
+    assert ast.unparse(keywords["package"]) == "PACKAGE" and ast.unparse(keywords["executable"]) == "EXECUTABLE"
+    assert ast.unparse(keywords["name"]) == "NODE_NAME"
+    assert ast.unparse(keywords["parameters"]).startswith("node_parameters(")
+    assert ast.unparse(keywords["remappings"]).startswith("node_remappings(")
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert {"PACKAGE", "EXECUTABLE", "NODE_NAME", "LAUNCH_ARGUMENTS", "node_parameters", "node_remappings"} <= imported & used
+    assert all(hasattr(launch_config, name) for name in imported)
+
+
+def test_launch_arguments_are_the_documented_ones():
+    assert set(launch_config.LAUNCH_ARGUMENTS) == {"namespace", "image_topic", "params_file", "model", "weights", "device", "use_sim_time"}
+    for name in launch_config.PARAMETER_ARGUMENTS:
+        assert name in PARAMETERS_BY_NAME, f"launch argument {name} sets an undeclared parameter"
+
+
+def test_executable_and_parameters_file_are_installed():
+    executable = Path(get_package_prefix(launch_config.PACKAGE)) / "lib" / launch_config.PACKAGE / launch_config.EXECUTABLE
+    assert executable.is_file() and executable.stat().st_mode & 0o111
+    share = Path(get_package_share_directory(launch_config.PACKAGE))
+    assert (share / launch_config.PARAMS_FILE).is_file()
+    assert (share / "launch" / LAUNCH_FILE.name).is_file()
+
+
+def test_parameters_file_documents_exactly_the_declared_parameters():
+    params = yaml.safe_load((REPO / launch_config.PARAMS_FILE).read_text())["/**"]["ros__parameters"]
+    assert set(params) == set(PARAMETERS_BY_NAME)
+    for name, value in params.items():
+        assert value == PARAMETERS_BY_NAME[name].default, f"{name}: file says {value!r}, node declares {PARAMETERS_BY_NAME[name].default!r}"
+    text = (REPO / launch_config.PARAMS_FILE).read_text()
+    for name in params:
+        line = text.index(f"    {name}:")
+        assert text[:line].rstrip().splitlines()[-1].lstrip().startswith("#"), f"{name} has no comment above it"
+
+
+def test_node_command_matches_launch_ros_conventions(tmp_path):
+    share = Path("/share/ovseg_ros")
+    argv = launch_config.node_command(Path("/lib/ovseg_ros/ovseg_node"), {"namespace": "robot1/", "image_topic": "/cam/image", "model": "san_vit_b_16", "use_sim_time": "true"}, share)
+    assert argv[:4] == ["/lib/ovseg_ros/ovseg_node", "--ros-args", "-r", "__node:=ovseg"]
+    assert ["-r", "__ns:=/robot1"] == argv[4:6]
+    assert argv[argv.index("--params-file") + 1] == str(share / "config" / "segment.yaml")
+    assert "model:=san_vit_b_16" in argv and "use_sim_time:=true" in argv
+    assert "weights:=" not in " ".join(argv), "unset launch arguments keep the params file's value"
+    assert argv[-2:] == ["-r", "image:=/cam/image"]
