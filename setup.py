@@ -11,6 +11,6 @@ setup(
     packages=find_packages(include=["ovseg_ros", "ovseg_ros.*"]),
     python_requires=">=3.10",
     install_requires=["torch", "torchvision", "open_clip_torch", "numpy", "opencv-python-headless", "Pillow", "rosbags"],
-    package_data={"ovseg_ros": ["data/*.txt"]},
+    package_data={"ovseg_ros.data": ["*.txt"]},
     entry_points={"console_scripts": ["ovseg-check-parity = ovseg_ros.tools.check_parity:main"]},
 )

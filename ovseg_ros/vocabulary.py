@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -55,6 +56,15 @@ def validate_class_names(names: Iterable[str]) -> list[str]:
     if len(cleaned) > MAX_CLASSES:
         raise VocabularyError(f"{len(cleaned)} classes: at most {MAX_CLASSES} fit a mono16 label image")
     return cleaned
+
+
+def load_class_list(name: str) -> list[str]:
+    """A class list shipped in ``ovseg_ros/data`` (``ade150``, ``ade847``), in label order."""
+    try:
+        text = resources.files("ovseg_ros.data").joinpath(f"{name}.txt").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise VocabularyError(f"no shipped class list {name!r}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def default_cache_dir() -> Path:

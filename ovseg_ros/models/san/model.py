@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..base import OpenVocabModel
+from ..base import OpenVocabModel, stage
 from .clip_encoder import CLIPFeatureExtractor, RecWithAttnBiasHead
 from .side_adapter import SideAdapterNetwork
 from .text_encoder import TextEncoder
@@ -145,12 +145,16 @@ class SAN(OpenVocabModel):
             text_features: (T, D) from :meth:`encode_text`.
         """
         image_size = tuple(image.shape[-2:])
-        padded = self._normalise_and_pad(image)
-        clip_input = F.interpolate(padded, scale_factor=self.config.clip_resolution, mode="bilinear", align_corners=False)
-        clip_features, clip_grid = self.clip_visual_extractor(clip_input)
-        mask_preds, attn_biases = self.side_adapter_network(padded, clip_features, clip_grid)
-        mask_embs = self.clip_rec_head(clip_features[-1], attn_biases, clip_grid)
-        text_classifier = self.ov_classifier.classifier(text_features)
+        with stage("preprocess"):
+            padded = self._normalise_and_pad(image)
+            clip_input = F.interpolate(padded, scale_factor=self.config.clip_resolution, mode="bilinear", align_corners=False)
+        with stage("backbone"):
+            clip_features, clip_grid = self.clip_visual_extractor(clip_input)
+        with stage("side_adapter"):
+            mask_preds, attn_biases = self.side_adapter_network(padded, clip_features, clip_grid)
+        with stage("recognition"):
+            mask_embs = self.clip_rec_head(clip_features[-1], attn_biases, clip_grid)
+            text_classifier = self.ov_classifier.classifier(text_features)
         return SANPrediction(
             text_classifier=text_classifier,
             mask_preds=mask_preds,
@@ -172,7 +176,9 @@ class SAN(OpenVocabModel):
 
     def forward(self, image: torch.Tensor, text_features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         """(T, H0, W0) scores for image (1, 3, H, W) RGB 0..255; see :class:`OpenVocabModel`."""
-        return self.semantic_inference(self.predict(image, text_features), output_size)
+        prediction = self.predict(image, text_features)
+        with stage("postprocess"):
+            return self.semantic_inference(prediction, output_size)
 
     def _normalise_and_pad(self, image: torch.Tensor) -> torch.Tensor:
         """(1, 3, H, W) 0..255 -> normalised, zero-padded bottom/right to a multiple of

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base import stage
+
 
 class ConvNeXtBlock(nn.Module):
     """ConvNeXt block (depthwise conv, LayerNorm, MLP, layer scale, residual): (N, C, H, W) -> same."""
@@ -203,24 +205,26 @@ class SEDDecoder(nn.Module):
             text: (T, 80, E) prompt embeddings.
             cer_topk: K for category early rejection; None runs every class through.
         """
-        cost = self.cost_volume(dense, text)
-        x = self.conv1(cost)
-        image_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_projection, image_guidance)]
-        cost_guidance = []
-        for proj in self.decoder_corr_guidance_projection:
-            cost = proj(cost)
-            cost_guidance.append(cost)
+        with stage("cost_map"):
+            cost = self.cost_volume(dense, text)
+            x = self.conv1(cost)
+            image_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_projection, image_guidance)]
+            cost_guidance = []
+            for proj in self.decoder_corr_guidance_projection:
+                cost = proj(cost)
+                cost_guidance.append(cost)
 
-        kept = torch.arange(len(text), device=text.device)
-        kept_per_stage = []
-        stages = (self.decoder1, self.decoder2, self.decoder3)
-        for stage, aux_head, image_g, cost_g in zip(stages, (self.head0, self.head1, self.head2), image_guidance, cost_guidance):
-            if cer_topk is not None:
-                survivors = top_classes(aux_head(x)[:, 0], cer_topk)
-                x, kept = x[survivors], kept[survivors]
-                kept_per_stage.append(kept)
-            x = stage(x, image_g, cost_g[kept])
-        return DecoderOutput(logits=self.head(x)[:, 0], kept=kept, kept_per_stage=kept_per_stage)
+        with stage("decoder"):
+            kept = torch.arange(len(text), device=text.device)
+            kept_per_stage = []
+            stages = (self.decoder1, self.decoder2, self.decoder3)
+            for fusion, aux_head, image_g, cost_g in zip(stages, (self.head0, self.head1, self.head2), image_guidance, cost_guidance):
+                if cer_topk is not None:
+                    survivors = top_classes(aux_head(x)[:, 0], cer_topk)
+                    x, kept = x[survivors], kept[survivors]
+                    kept_per_stage.append(kept)
+                x = fusion(x, image_g, cost_g[kept])
+            return DecoderOutput(logits=self.head(x)[:, 0], kept=kept, kept_per_stage=kept_per_stage)
 
     @staticmethod
     def cost_volume(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..base import OpenVocabModel
+from ..base import OpenVocabModel, stage
 from .decoder import SEDDecoder
 from .image_encoder import ImageEncoder
 from .text_encoder import TextEncoder
@@ -76,11 +76,14 @@ class SED(OpenVocabModel):
     @torch.inference_mode()
     def predict(self, image: torch.Tensor, text_features: torch.Tensor) -> SEDOutput:
         """Run the network on a (1, 3, H, W) RGB 0..255 image; probabilities at 192 x 192."""
-        clip_input = self.preprocess(image)
-        features = self.image_encoder(clip_input)
+        with stage("preprocess"):
+            clip_input = self.preprocess(image)
+        with stage("backbone"):
+            features = self.image_encoder(clip_input)
         decoded = self.decoder(features.dense, features.guidance, text_features, self.cer_topk)
-        probs = decoded.logits.new_zeros((len(text_features), *decoded.logits.shape[-2:]))
-        probs[decoded.kept] = decoded.logits.sigmoid()
+        with stage("postprocess"):
+            probs = decoded.logits.new_zeros((len(text_features), *decoded.logits.shape[-2:]))
+            probs[decoded.kept] = decoded.logits.sigmoid()
         return SEDOutput(clip_input, features.dense, decoded.logits, decoded.kept, decoded.kept_per_stage, probs)
 
     @staticmethod
@@ -91,4 +94,6 @@ class SED(OpenVocabModel):
 
     def forward(self, image: torch.Tensor, text_features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         """(T, H0, W0) class probabilities for a (1, 3, H, W) RGB 0..255 image."""
-        return self.postprocess(self.predict(image, text_features).probs, output_size)
+        probs = self.predict(image, text_features).probs
+        with stage("postprocess"):
+            return self.postprocess(probs, output_size)
