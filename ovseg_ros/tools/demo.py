@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(max(0.0, (stamp - start_bag) / 1e9 - (time.monotonic() - start_wall)))
             sent_ns[deserialize_stamp(data)] = time.time_ns()
             publisher.publish(data)
-        last_stamp = deserialize_stamp(frames[-1][1])
-        peer.wait_for(lambda: any(stamp_of(info) == last_stamp for info in recordings["segmentation/info"].decoded()), args.drain_timeout, poll=0.5)
+        wait_for_last_answer(peer, recordings["segmentation/info"], deserialize_stamp(frames[-1][1]), args.drain_timeout)
     finally:
         exit_code = node.stop()
         peer.close()
@@ -124,6 +123,26 @@ def main(argv: list[str] | None = None) -> int:
     weights = resolve_weights(args.model or "sed_convnext_base", args.weights)
     print_summary(len(frames), infos, latencies_ms, recordings, output_bag, overlay_paths, weights, exit_code)
     return 0 if infos and exit_code == 0 else 1
+
+
+def wait_for_last_answer(peer: Peer, infos, last_stamp: tuple[int, int], timeout: float) -> None:
+    """Wait until the last frame is answered, or the node has been quiet for a while.
+
+    Best-effort transport may lose the last frame; then "quiet" means no new output for
+    three times the slowest model forward seen (at least 5 s).
+    """
+    deadline = time.monotonic() + timeout
+    count, changed = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        decoded = infos.decoded()
+        if any(stamp_of(info) == last_stamp for info in decoded):
+            return
+        if len(decoded) != count:
+            count, changed = len(decoded), time.monotonic()
+        quiet_s = max(5.0, 3e-3 * max((info.model_ms for info in decoded), default=0.0))
+        if decoded and time.monotonic() - changed > quiet_s:
+            return
+        time.sleep(0.5)
 
 
 def stamp_of(msg) -> tuple[int, int]:
