@@ -1,15 +1,17 @@
-"""Start the ovseg node.
+"""Start the ovseg node (and optionally rviz2 and a bag).
 
-    ros2 launch ovseg_ros segment.launch.py image_topic:=/camera/color/image_raw model:=sed_convnext_base
+    ros2 launch ovseg_ros segment.launch.py image_topic:=/camera/color/image_raw
+    ros2 launch ovseg_ros segment.launch.py bag:=/path/to/bag rviz:=true
 
-Arguments: see ``ovseg_ros/launch_config.py`` (``ros2 launch ovseg_ros segment.launch.py --show-args``).
+Arguments: ``ros2 launch ovseg_ros segment.launch.py --show-args`` (defined in
+``ovseg_ros/launch_config.py``, which the tests use to start the node the same way).
 """
 
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch_ros.actions import Node
 
 from ovseg_ros.launch_config import (
@@ -17,15 +19,17 @@ from ovseg_ros.launch_config import (
     LAUNCH_ARGUMENTS,
     NODE_NAME,
     PACKAGE,
+    bag_play_command,
     node_parameters,
     node_remappings,
+    rviz_arguments,
 )
 
 
-def _node(context):
+def _actions(context):
     values = {name: context.launch_configurations.get(name, default) for name, (default, _) in LAUNCH_ARGUMENTS.items()}
     share_dir = Path(get_package_share_directory(PACKAGE))
-    return [
+    actions = [
         Node(
             package=PACKAGE,
             executable=EXECUTABLE,
@@ -37,8 +41,15 @@ def _node(context):
             emulate_tty=True,
         )
     ]
+    rviz = rviz_arguments(values, share_dir)
+    if rviz is not None:
+        actions.append(Node(package="rviz2", executable="rviz2", arguments=rviz, namespace=values["namespace"], output="screen"))
+    bag = bag_play_command(values)
+    if bag is not None:
+        actions.append(ExecuteProcess(cmd=bag, output="screen"))
+    return actions
 
 
 def generate_launch_description():
     arguments = [DeclareLaunchArgument(name, default_value=default, description=description) for name, (default, description) in LAUNCH_ARGUMENTS.items()]
-    return LaunchDescription([*arguments, OpaqueFunction(function=_node)])
+    return LaunchDescription([*arguments, OpaqueFunction(function=_actions)])

@@ -13,6 +13,7 @@ PACKAGE = "ovseg_ros"
 EXECUTABLE = "ovseg_node"
 NODE_NAME = "ovseg"
 PARAMS_FILE = "config/segment.yaml"  # relative to the package's share directory
+RVIZ_CONFIG = "config/segment.rviz"
 
 #: launch argument -> (default, description). "" means: keep the params file's value.
 LAUNCH_ARGUMENTS = {
@@ -22,7 +23,9 @@ LAUNCH_ARGUMENTS = {
     "model": ("", "Model name, overrides the params file (e.g. sed_convnext_base, san_vit_b_16)."),
     "weights": ("", "Checkpoint path, overrides the params file."),
     "device": ("", "Torch device (auto, cpu, cuda, cuda:N), overrides the params file."),
-    "use_sim_time": ("false", "Use /clock (true when playing a bag with --clock)."),
+    "use_sim_time": ("false", "Use /clock (set automatically when 'bag' is given)."),
+    "rviz": ("false", "Start rviz2 with config/segment.rviz (camera image, overlay, labels)."),
+    "bag": ("", "A rosbag2 to play with --clock into the node, which then runs on sim time."),
 }
 
 #: Launch arguments that become node parameters of the same name when set.
@@ -33,13 +36,30 @@ def node_parameters(values: dict[str, str], share_dir: Path) -> list:
     """launch_ros ``parameters=``: the params file, then the overrides given as launch arguments."""
     params_file = values.get("params_file") or str(share_dir / PARAMS_FILE)
     overrides = {name: values[name] for name in PARAMETER_ARGUMENTS if values.get(name)}
-    overrides["use_sim_time"] = values.get("use_sim_time", "false").lower() == "true"
+    overrides["use_sim_time"] = _true(values.get("use_sim_time", "false")) or bool(values.get("bag"))
     return [params_file, overrides]
 
 
 def node_remappings(values: dict[str, str]) -> list[tuple[str, str]]:
-    """launch_ros ``remappings=``."""
-    return [("image", values.get("image_topic") or LAUNCH_ARGUMENTS["image_topic"][0])]
+    """launch_ros ``remappings=``: the image topic, its compressed sibling and camera_info
+    beside it, as image_transport names them (``/cam/image_raw`` -> ``/cam/camera_info``)."""
+    image = values.get("image_topic") or LAUNCH_ARGUMENTS["image_topic"][0]
+    namespace, _, _ = image.rpartition("/")
+    return [("image", image), ("image/compressed", f"{image}/compressed"), ("camera_info", f"{namespace}/camera_info" if namespace else "camera_info")]
+
+
+def bag_play_command(values: dict[str, str]) -> list[str] | None:
+    """``ros2 bag play`` of the ``bag`` argument, publishing /clock for the node's sim time."""
+    return ["ros2", "bag", "play", "--clock", values["bag"]] if values.get("bag") else None
+
+
+def rviz_arguments(values: dict[str, str], share_dir: Path) -> list[str] | None:
+    """rviz2's arguments when the ``rviz`` argument is true, else None."""
+    return ["-d", str(share_dir / RVIZ_CONFIG)] if _true(values.get("rviz", "false")) else None
+
+
+def _true(value: str) -> bool:
+    return str(value).lower() in ("true", "1", "yes")
 
 
 def node_command(executable: Path, values: dict[str, str], share_dir: Path) -> list[str]:

@@ -14,14 +14,15 @@ class ParameterSpec:
     name: str
     default: object
     description: str
-    read_only: bool = False  # True: a change needs a restart (the model is built at start-up)
+    read_only: bool = False  # True: takes effect on configure (restart or lifecycle cleanup + configure)
     min_value: float | None = None
     max_value: float | None = None
     choices: tuple[str, ...] = ()
 
 
 PARAMETERS = (
-    ParameterSpec("model", "sed_convnext_base", "Segmentation model (see `python -m ovseg_ros.tools.models`).", read_only=True),
+    # Model (read on configure).
+    ParameterSpec("model", "sed_convnext_base", "Segmentation model: sed_convnext_base, sed_convnext_large, san_vit_b_16, san_vit_large_14.", read_only=True),
     ParameterSpec(
         "weights",
         "",
@@ -31,9 +32,33 @@ PARAMETERS = (
     ParameterSpec("device", "auto", "Torch device: auto (cuda when available), cpu, cuda, cuda:N.", read_only=True),
     ParameterSpec("precision", "fp32", "Numeric precision of the network.", read_only=True, choices=("fp32", "fp16", "bf16")),
     ParameterSpec("input_short_edge", 640, "Images are resized to this short edge before the model (authors: 640).", read_only=True, min_value=64, max_value=2048),
+    ParameterSpec("cer_topk", 0, "SED category early rejection: keep classes in the top K at some pixel between decoder stages; 0 = off.", min_value=0, max_value=65535),
+    # Classes.
     ParameterSpec("vocabulary", ["person", "floor", "wall", "ceiling", "table", "chair"], "Class names; 'a, b' gives synonyms a and b for one class."),
     ParameterSpec("min_score", 0.0, "Pixels whose best class score is below this are unlabeled (255 / 65535).", min_value=0.0, max_value=1000.0),
+    # Temporal smoothing.
+    ParameterSpec(
+        "smoothing",
+        "auto",
+        "Temporal smoothing of class scores across frames: off, ema, flow (optical-flow warped), auto (flow for SAN, off for SED).",
+        read_only=True,
+        choices=("auto", "off", "ema", "flow"),
+    ),
+    ParameterSpec("smoothing_strength", 0.6, "Weight of the past in temporal smoothing (0 = none).", min_value=0.0, max_value=1.0),
+    ParameterSpec("smoothing_max_gap_s", 0.5, "A longer gap between frame stamps restarts smoothing.", min_value=0.01, max_value=60.0),
+    # Input.
+    ParameterSpec("input_transport", "raw", "Subscribe to image (raw) or image/compressed (jpeg/png).", read_only=True, choices=("raw", "compressed")),
+    ParameterSpec("use_camera_info", False, "Subscribe to camera_info and republish it with each output as segmentation/camera_info.", read_only=True),
+    ParameterSpec("max_rate_hz", 0.0, "Process at most this many frames per second (0 = as fast as the model goes).", min_value=0.0, max_value=1000.0),
+    # Outputs. Overlay and mask images are only computed while someone subscribes.
     ParameterSpec("publish_color", True, "Publish segmentation/color (rgb8 class colours)."),
+    ParameterSpec("publish_overlay", True, "Publish segmentation/overlay (class colours blended over the image)."),
+    ParameterSpec("publish_confidence", True, "Publish segmentation/confidence (mono8, winning score x 255, clipped)."),
+    ParameterSpec("publish_masks", True, "Publish segmentation/masks/<class> (mono8, 255 = class)."),
+    ParameterSpec("overlay_alpha", 0.5, "Opacity of the class colours in the overlay.", min_value=0.0, max_value=1.0),
+    ParameterSpec("palette", "name", "Class colours: name (stable per class name) or index (by class id).", read_only=True, choices=("name", "index")),
+    # Lifecycle.
+    ParameterSpec("autostart", True, "Configure and activate at start-up (false: wait for lifecycle transitions).", read_only=True),
 )
 
 PARAMETERS_BY_NAME = {spec.name: spec for spec in PARAMETERS}

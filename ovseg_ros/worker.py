@@ -43,3 +43,46 @@ class LatestFrameSlot(Generic[Frame]):
         with self._condition:
             self._closed = True
             self._condition.notify_all()
+
+
+class FrameStats:
+    """Counters and recent latencies of the node, for diagnostics (thread-safe).
+
+    Rates are measured over the window since the last :meth:`snapshot`.
+    """
+
+    def __init__(self, window: int = 200) -> None:
+        self._lock = threading.Lock()
+        self._window = window
+        self._latencies_ms: list[float] = []
+        self.processed = 0
+        self.failed = 0
+        self._since_snapshot = {"received": 0, "processed": 0}
+        self._snapshot_time: float | None = None
+
+    def frame_received(self) -> None:
+        with self._lock:
+            self._since_snapshot["received"] += 1
+
+    def frame_processed(self, latency_ms: float) -> None:
+        with self._lock:
+            self.processed += 1
+            self._since_snapshot["processed"] += 1
+            self._latencies_ms.append(latency_ms)
+            del self._latencies_ms[: -self._window]
+
+    def frame_failed(self) -> None:
+        with self._lock:
+            self.failed += 1
+
+    def snapshot(self, now: float) -> dict[str, float]:
+        """Input and processed rates (Hz) since the previous snapshot, latency p50 / p95 (ms)."""
+        with self._lock:
+            elapsed = None if self._snapshot_time is None else now - self._snapshot_time
+            rates = {key: (count / elapsed if elapsed else 0.0) for key, count in self._since_snapshot.items()}
+            self._since_snapshot = dict.fromkeys(self._since_snapshot, 0)
+            self._snapshot_time = now
+            latencies = sorted(self._latencies_ms)
+        def percentile(q: float) -> float:
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0.0
+        return {"input_hz": rates["received"], "processed_hz": rates["processed"], "latency_p50_ms": percentile(0.5), "latency_p95_ms": percentile(0.95)}

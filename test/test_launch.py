@@ -24,8 +24,9 @@ def launch_tree() -> ast.Module:
 
 def node_call(tree: ast.Module) -> ast.Call:
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"]
-    assert len(calls) == 1, "the launch file starts exactly one Node"
-    return calls[0]
+    ours = [c for c in calls if any(kw.arg == "package" and ast.unparse(kw.value) == "PACKAGE" for kw in c.keywords)]
+    assert len(ours) == 1, "the launch file starts our node exactly once"
+    return ours[0]
 
 
 def test_launch_file_builds_its_node_from_launch_config():
@@ -37,12 +38,12 @@ def test_launch_file_builds_its_node_from_launch_config():
     assert ast.unparse(keywords["parameters"]).startswith("node_parameters(")
     assert ast.unparse(keywords["remappings"]).startswith("node_remappings(")
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    assert {"PACKAGE", "EXECUTABLE", "NODE_NAME", "LAUNCH_ARGUMENTS", "node_parameters", "node_remappings"} <= imported & used
+    assert {"PACKAGE", "EXECUTABLE", "NODE_NAME", "LAUNCH_ARGUMENTS", "node_parameters", "node_remappings", "bag_play_command", "rviz_arguments"} <= imported & used
     assert all(hasattr(launch_config, name) for name in imported)
 
 
 def test_launch_arguments_are_the_documented_ones():
-    assert set(launch_config.LAUNCH_ARGUMENTS) == {"namespace", "image_topic", "params_file", "model", "weights", "device", "use_sim_time"}
+    assert set(launch_config.LAUNCH_ARGUMENTS) == {"namespace", "image_topic", "params_file", "model", "weights", "device", "use_sim_time", "rviz", "bag"}
     for name in launch_config.PARAMETER_ARGUMENTS:
         assert name in PARAMETERS_BY_NAME, f"launch argument {name} sets an undeclared parameter"
 
@@ -51,7 +52,7 @@ def test_executable_and_parameters_file_are_installed():
     executable = Path(get_package_prefix(launch_config.PACKAGE)) / "lib" / launch_config.PACKAGE / launch_config.EXECUTABLE
     assert executable.is_file() and executable.stat().st_mode & 0o111
     share = Path(get_package_share_directory(launch_config.PACKAGE))
-    assert (share / launch_config.PARAMS_FILE).is_file()
+    assert (share / launch_config.PARAMS_FILE).is_file() and (share / launch_config.RVIZ_CONFIG).is_file()
     assert (share / "launch" / LAUNCH_FILE.name).is_file()
 
 
@@ -74,4 +75,22 @@ def test_node_command_matches_launch_ros_conventions(tmp_path):
     assert argv[argv.index("--params-file") + 1] == str(share / "config" / "segment.yaml")
     assert "model:=san_vit_b_16" in argv and "use_sim_time:=true" in argv
     assert "weights:=" not in " ".join(argv), "unset launch arguments keep the params file's value"
-    assert argv[-2:] == ["-r", "image:=/cam/image"]
+    assert argv[-6:] == ["-r", "image:=/cam/image", "-r", "image/compressed:=/cam/image/compressed", "-r", "camera_info:=/cam/camera_info"]
+
+
+def test_bag_argument_plays_with_clock_and_puts_the_node_on_sim_time():
+    values = {"bag": "/data/run1"}
+    assert launch_config.bag_play_command(values) == ["ros2", "bag", "play", "--clock", "/data/run1"]
+    assert launch_config.node_parameters(values, Path("/share"))[1]["use_sim_time"] is True
+    assert launch_config.bag_play_command({}) is None
+    assert launch_config.node_parameters({}, Path("/share"))[1]["use_sim_time"] is False
+
+
+def test_rviz_argument_opens_the_shipped_layout():
+    share = Path(get_package_share_directory(launch_config.PACKAGE))
+    arguments = launch_config.rviz_arguments({"rviz": "true"}, share)
+    assert arguments[0] == "-d" and Path(arguments[1]).is_file()
+    layout = yaml.safe_load(Path(arguments[1]).read_text())
+    topics = [d["Topic"]["Value"] for d in layout["Visualization Manager"]["Displays"]]
+    assert topics == [launch_config.LAUNCH_ARGUMENTS["image_topic"][0], "segmentation/overlay", "segmentation/color"]
+    assert launch_config.rviz_arguments({}, share) is None

@@ -1,0 +1,165 @@
+"""The node in other configurations, each in its own process: compressed input with
+camera_info, lifecycle without autostart, missing and corrupt weights, a slow model
+under a 30 Hz camera."""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from ovseg_ros.bag import synthetic_frame
+from ovseg_ros.harness import NodeProcess, Peer
+from ovseg_ros.msg import SegmentationInfo
+from ovseg_ros.srv import SetVocabulary
+
+from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@pytest.fixture
+def peer():
+    peer = Peer("test_configs_peer")
+    yield peer
+    peer.close()
+
+
+def start(tmp_path, namespace: str, *extra: str, **values: str) -> NodeProcess:
+    values = {"namespace": namespace, "image_topic": f"/{namespace}/image_raw", "model": TEST_MODEL, "device": "cpu", **values}
+    return NodeProcess(values, tmp_path / f"{namespace}.log", extra_args=list(extra))
+
+
+def wait_ready(peer: Peer, node: NodeProcess, topic: str) -> None:
+    ready = peer.wait_for(lambda: peer.node.count_subscribers(topic) > 0 or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
+    assert ready and node.process.poll() is None, node.log_text()[-3000:]
+
+
+def stamped(msg, index: int):
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 2000 + index, 0
+    msg.header.frame_id = "cam"
+    return msg
+
+
+def raw_image(index: int, height: int = 120, width: int = 160) -> Image:
+    msg = stamped(Image(), index)
+    msg.height, msg.width, msg.encoding, msg.step = height, width, "rgb8", width * 3
+    msg.data = synthetic_frame(index, height, width).tobytes()
+    return msg
+
+
+def answered(recording, index: int) -> bool:
+    return any(m.header.stamp.sec == 2000 + index for m in recording.decoded())
+
+
+def test_compressed_input_with_camera_info(tmp_path, peer):
+    node = start(tmp_path, "cam2", "-p", "input_transport:=compressed", "-p", "use_camera_info:=true")
+    try:
+        infos = peer.record("/cam2/segmentation/info", SegmentationInfo)
+        camera_infos = peer.record("/cam2/segmentation/camera_info", CameraInfo)
+        wait_ready(peer, node, "/cam2/image_raw/compressed")
+        images = peer.node.create_publisher(CompressedImage, "/cam2/image_raw/compressed", RELIABLE)
+        calibration = peer.node.create_publisher(CameraInfo, "/cam2/camera_info", RELIABLE)
+        assert peer.wait_for(lambda: images.get_subscription_count() and calibration.get_subscription_count(), 10.0)
+        calibration.publish(CameraInfo(width=160, height=120, distortion_model="plumb_bob"))
+        time.sleep(0.5)
+
+        corrupt = stamped(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"), 1)
+        images.publish(corrupt)
+        assert peer.wait_for(lambda: "cannot decode compressed image" in node.log_text(), 10.0)
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(synthetic_frame(2, 120, 160), cv2.COLOR_RGB2BGR))
+        good = stamped(CompressedImage(format="jpeg", data=jpeg.tobytes()), 2)
+        deadline = time.monotonic() + answer_timeout()
+        while not answered(infos, 2) and time.monotonic() < deadline:
+            images.publish(good)
+            peer.wait_for(lambda: answered(infos, 2), 2.0)
+        assert answered(infos, 2) and not answered(infos, 1)
+        assert peer.wait_for(lambda: answered(camera_infos, 2), 5.0)
+        republished = next(m for m in camera_infos.decoded() if m.header.stamp.sec == 2002)
+        assert (republished.width, republished.height, republished.header.frame_id) == (160, 120, "cam")
+    finally:
+        assert node.stop() == 0
+
+
+def test_lifecycle_without_autostart(tmp_path, peer):
+    node = start(tmp_path, "lc", "-p", "autostart:=false")
+    try:
+        get_state = peer.node.create_client(GetState, "/lc/ovseg/get_state")
+        change = peer.node.create_client(ChangeState, "/lc/ovseg/change_state")
+        assert peer.call(get_state, GetState.Request()).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
+        refused = peer.call(peer.node.create_client(SetVocabulary, "/lc/ovseg/set_vocabulary"), SetVocabulary.Request(labels=["a"]))
+        assert not refused.success and "not configured" in refused.message
+
+        for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            assert peer.call(change, ChangeState.Request(transition=Transition(id=transition)), timeout=NODE_READY_TIMEOUT_S).success
+        infos = peer.record("/lc/segmentation/info", SegmentationInfo)
+        wait_ready(peer, node, "/lc/image_raw")
+        images = peer.node.create_publisher(Image, "/lc/image_raw", RELIABLE)
+        assert peer.wait_for(lambda: images.get_subscription_count() > 0, 10.0)
+        images.publish(raw_image(1))
+        assert peer.wait_for(lambda: answered(infos, 1), answer_timeout())
+
+        assert peer.call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))).success
+        images.publish(raw_image(2))
+        time.sleep(2.0)
+        assert not answered(infos, 2), "an inactive node ignores frames"
+        assert peer.call(get_state, GetState.Request()).current_state.id == State.PRIMARY_STATE_INACTIVE
+    finally:
+        assert node.stop() == 0
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt"])
+def test_bad_weights_leave_the_node_up_and_saying_why(tmp_path, peer, problem):
+    weights = tmp_path / "model_final.pth"
+    if problem == "corrupt":
+        weights.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    node = start(tmp_path, f"w_{problem}", weights=str(weights))
+    try:
+        diagnostics = peer.record("/diagnostics", DiagnosticArray)
+        expected = "checkpoint not found" if problem == "missing" else "cannot read checkpoint"
+
+        def error_reported() -> bool:
+            return any(expected in s.message for a in diagnostics.decoded() for s in a.status if s.level == s.ERROR)
+
+        assert peer.wait_for(error_reported, NODE_READY_TIMEOUT_S), node.log_text()[-2000:]
+        response = peer.call(peer.node.create_client(SetVocabulary, f"/w_{problem}/ovseg/set_vocabulary"), SetVocabulary.Request(labels=["a"]))
+        assert not response.success and expected in response.message
+        assert node.process.poll() is None and expected in node.log_text()
+    finally:
+        assert node.stop() == 0
+
+
+def test_slow_model_under_a_30hz_camera_answers_the_newest_frame(tmp_path, peer):
+    # Full-HD frames make even the tiny model slower than the camera.
+    node = start(tmp_path, "fast_cam", "-p", "input_short_edge:=1080")
+    try:
+        infos = peer.record("/fast_cam/segmentation/info", SegmentationInfo)
+        diagnostics = peer.record("/diagnostics", DiagnosticArray)
+        wait_ready(peer, node, "/fast_cam/image_raw")
+        images = peer.node.create_publisher(Image, "/fast_cam/image_raw", RELIABLE)
+        assert peer.wait_for(lambda: images.get_subscription_count() > 0, 10.0)
+        frames = [raw_image(i, 1080, 1920) for i in range(60)]
+        for frame in frames:
+            images.publish(frame)
+            time.sleep(1 / 30)
+        assert peer.wait_for(lambda: answered(infos, 59), answer_timeout()), "the newest frame is answered"
+        time.sleep(1.0)
+        decoded = infos.decoded()
+        stamps = [m.header.stamp.sec - 2000 for m in decoded]
+        assert stamps == sorted(stamps) and len(stamps) < 45, f"answered {stamps}"
+        model_ms = max(m.model_ms for m in decoded)
+        assert max(m.queue_ms for m in decoded) < 2 * model_ms + 200, "frames never wait behind a backlog"
+
+        def dropped() -> int:
+            values = [int(kv.value) for a in diagnostics.decoded() for s in a.status if s.name == "ovseg: segmentation" for kv in s.values if kv.key == "frames_dropped"]
+            return max(values, default=0)
+
+        assert peer.wait_for(lambda: dropped() > 0, 3.0), "dropped frames are counted"
+        assert dropped() + len(stamps) <= 60
+    finally:
+        assert node.stop() == 0
