@@ -325,3 +325,30 @@ def as_array(msg: Image) -> np.ndarray:
     channels = 3 if msg.encoding == "rgb8" else 1
     pixels = np.frombuffer(bytes(msg.data), dtype).reshape(msg.height, msg.width, channels)
     return pixels[..., 0] if channels == 1 else pixels
+
+
+@pytest.mark.parametrize(
+    "labels, reason",
+    [
+        ([], "empty"),
+        (["person", " "], "class 1 is empty"),
+        (["person", "PERSON"], "duplicates"),
+        (["x" * 200], "200 characters"),
+        ([f"c{i}" for i in range(65536)], "at most 65535"),
+    ],
+)
+def test_bad_vocabularies_are_refused_and_the_old_one_kept(peer, labels, reason):
+    before = set_vocabulary(peer, VOCABULARY)
+    response = set_vocabulary(peer, labels)
+    assert not response.success and reason in response.message
+    assert list(response.class_names) == VOCABULARY and response.vocabulary_version == before.vocabulary_version
+
+
+def test_non_ascii_names_work_and_get_valid_topic_names(peer):
+    response = set_vocabulary(peer, ["café table", "Straße", "日本"])
+    assert response.success
+    for topic in ("cafe_table", "strae", "class_2"):
+        assert peer.wait_for(lambda topic=topic: peer.node.count_publishers(mask_topic(topic)) == 1, 10.0), topic
+    publisher = peer.node.create_publisher(Image, CAMERA_TOPIC, RELIABLE)
+    assert list(send_and_wait(peer, publisher, image_msg(80)).class_names) == ["café table", "Straße", "日本"]
+    assert set_vocabulary(peer, VOCABULARY).success

@@ -163,3 +163,22 @@ def test_slow_model_under_a_30hz_camera_answers_the_newest_frame(tmp_path, peer)
         assert dropped() + len(stamps) <= 60
     finally:
         assert node.stop() == 0
+
+
+def test_input_qos_can_be_overridden(tmp_path, peer):
+    node = start(tmp_path, "qos", "-p", "qos_overrides./qos/image_raw.subscription.reliability:=reliable")
+    try:
+        infos = peer.record("/qos/segmentation/info", SegmentationInfo)
+        wait_ready(peer, node, "/qos/image_raw")
+        best_effort = peer.node.create_publisher(Image, "/qos/image_raw", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        time.sleep(1.0)
+        for _ in range(5):
+            best_effort.publish(raw_image(1))
+            time.sleep(0.2)
+        assert not answered(infos, 1), "a reliable subscription does not take best-effort frames"
+        reliable = peer.node.create_publisher(Image, "/qos/image_raw", RELIABLE)
+        assert peer.wait_for(lambda: reliable.get_subscription_count() > 0, 10.0)
+        reliable.publish(raw_image(2))
+        assert peer.wait_for(lambda: answered(infos, 2), answer_timeout())
+    finally:
+        assert node.stop() == 0
