@@ -138,6 +138,7 @@ class OvsegNode(LifecycleNode):
         try:
             self._segmenter = self._build_segmenter()
             vocabulary = self._segmenter.encode_vocabulary(self._param("vocabulary"), version=1)
+            self.get_logger().info(f"warm-up frame: {self._segmenter.warm_up(vocabulary):.0f} ms")
         except (CheckpointError, VocabularyError, ValueError, OSError, RuntimeError) as exc:
             self._configure_error = f"{type(exc).__name__}: {exc}"
             self._segmenter = None

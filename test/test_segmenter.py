@@ -101,3 +101,27 @@ def test_preprocessing_deviation_from_the_authors_path_is_small(fixtures_dir):
     print(f"preprocessing deviation: max abs {diff.max():.2e}, mean abs {diff.mean():.2e}, argmax agreement {agreement:.5f}")
     assert diff.mean() < 1e-3 and agreement > 0.98
 
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_runs_and_stays_close_to_fp32(precision):
+    fp32 = Segmenter(build_model("san_tiny_dev"))
+    reduced = Segmenter(build_model("san_tiny_dev"), precision=precision)
+    vocabulary = fp32.encode_vocabulary(["wall", "floor", "box"])
+    reference, result = fp32.segment(RGB, vocabulary), reduced.segment(RGB, vocabulary)
+    assert result.scores.dtype == torch.float32
+    drift = float((result.scores - reference.scores).abs().max())
+    print(f"{precision} drift vs fp32 (tiny SAN, CPU): {drift:.2e}")
+    assert drift < 0.1
+    with pytest.raises(ValueError, match="precision"):
+        Segmenter(build_model("san_tiny_dev"), precision="int8")
+
+
+def test_channels_last_gives_the_same_scores():
+    vocabulary = None
+    results = []
+    for channels_last in (False, True):
+        segmenter = Segmenter(build_model("san_tiny_dev"), channels_last=channels_last)
+        vocabulary = vocabulary or segmenter.encode_vocabulary(["wall", "floor"])
+        results.append(segmenter.segment(RGB, vocabulary).scores)
+    assert torch.allclose(results[0], results[1], atol=1e-4)
