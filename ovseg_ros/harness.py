@@ -72,8 +72,10 @@ class Recording:
     msg_type: type
     messages: list[tuple[int, bytes]] = field(default_factory=list)
 
-    def decoded(self) -> list:
-        return [deserialize_message(data, self.msg_type) for _, data in self.messages]
+    def decoded(self, last: int | None = None) -> list:
+        """The messages deserialised (only the ``last`` newest ones when given)."""
+        messages = self.messages if last is None else self.messages[-last:]
+        return [deserialize_message(data, self.msg_type) for _, data in messages]
 
 
 class Peer:

@@ -477,6 +477,8 @@ class OvsegNode(LifecycleNode):
             "latency_p50_ms": f"{stats['latency_p50_ms']:.1f}",
             "latency_p95_ms": f"{stats['latency_p95_ms']:.1f}",
         }
+        if self._segmenter is not None and self._segmenter.device.type == "cuda":
+            values["gpu_memory_allocated_mb"] = f"{torch.cuda.memory_allocated(self._segmenter.device) / 2**20:.1f}"
         status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()

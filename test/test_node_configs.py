@@ -5,7 +5,6 @@ under a 30 Hz camera."""
 import time
 
 import cv2
-import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import State, Transition

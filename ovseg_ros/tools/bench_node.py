@@ -1,0 +1,217 @@
+"""Node-level benchmarks over real DDS: end-to-end latency, vocabulary changes, soak.
+
+Each measurement starts the installed node in its own process (as the launch file does)
+and drives it from this process with :class:`~ovseg_ros.harness.Peer`. Used by
+``python -m ovseg_ros.tools.bench node|soak|all``.
+
+* latency: frames are sent one at a time (reliable QoS) and each is timed from publish
+  to the arrival of its ``segmentation/info``; node overhead = that minus the model
+  forward the node reports for the frame.
+* vocabulary: ``~/set_vocabulary`` round trip for a class list, with a cold text cache
+  (a fresh cache folder for the node) and cached (the same names again).
+* soak: a camera stream with vocabulary changes interleaved; the node's resident memory
+  is sampled throughout, and every frame is accounted for (processed, dropped by the
+  latest-frame policy, failed, or lost before reaching the node).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from ovseg_ros.bag import synthetic_frame
+from ovseg_ros.harness import NodeProcess, Peer
+from ovseg_ros.msg import SegmentationInfo
+from ovseg_ros.srv import SetVocabulary
+from ovseg_ros.vocabulary import load_class_list
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+NAMESPACE = "bench"
+CAMERA_TOPIC = f"/{NAMESPACE}/image_raw"
+READY_TIMEOUT_S = 600.0
+DIAGNOSTICS_PERIOD_S = 1.0  # the node publishes /diagnostics at 1 Hz
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    p50, p95 = np.percentile(values, [50, 95]) if values else (float("nan"), float("nan"))
+    return {"p50": float(p50), "p95": float(p95)}
+
+
+@dataclass
+class NodeSession:
+    """A node process and a peer recording its info and diagnostics."""
+
+    model: str
+    device: str
+    log_dir: Path
+    extra_args: list[str] = field(default_factory=list)
+
+    def __enter__(self) -> NodeSession:
+        self.cache_dir = Path(tempfile.mkdtemp(prefix="ovseg_bench_cache_"))  # cold text cache
+        self.node = NodeProcess(
+            {"namespace": NAMESPACE, "image_topic": CAMERA_TOPIC, "model": self.model, "device": self.device},
+            self.log_dir / f"node_{self.model}.log",
+            extra_args=self.extra_args,
+            env={"OVSEG_CACHE_DIR": str(self.cache_dir)},
+        )
+        self.peer = Peer("ovseg_bench")
+        self.infos = self.peer.record(f"/{NAMESPACE}/segmentation/info", SegmentationInfo)
+        self.diagnostics = self.peer.record("/diagnostics", DiagnosticArray)
+        self.publisher = self.peer.node.create_publisher(Image, CAMERA_TOPIC, RELIABLE)
+        self.vocabulary_client = self.peer.node.create_client(SetVocabulary, f"/{NAMESPACE}/ovseg/set_vocabulary")
+        if not self.peer.wait_for(lambda: self.publisher.get_subscription_count() > 0 or self.node.process.poll() is not None, READY_TIMEOUT_S) or self.node.process.poll() is not None:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"node did not come up:\n{self.node.log_text()[-2000:]}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.node.stop()
+        self.peer.close()
+
+    def answer(self, msg: Image, timeout: float) -> SegmentationInfo | None:
+        """The info answering ``msg`` (matched by stamp), waiting up to ``timeout`` s."""
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        found = []
+
+        def arrived() -> bool:
+            for info in self.infos.decoded(last=5):
+                if (info.header.stamp.sec, info.header.stamp.nanosec) == key:
+                    found.append(info)
+                    return True
+            return False
+
+        return found[0] if self.peer.wait_for(arrived, timeout, poll=0.002) else None
+
+    def node_counters(self) -> dict[str, float]:
+        """The latest frame counters (and GPU memory, on CUDA) from the node's diagnostics."""
+        for array in reversed(self.diagnostics.decoded(last=10)):
+            for status in array.status:
+                if status.name == "ovseg: segmentation":
+                    return {kv.key: float(kv.value) for kv in status.values if kv.key.startswith(("frames_", "gpu_memory"))}
+        return {}
+
+    def resident_mb(self) -> float:
+        for line in Path(f"/proc/{self.node.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+        return float("nan")
+
+
+def image(index: int, width: int, height: int) -> Image:
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 10_000 + index // 1000, (index % 1000) * 1_000_000
+    msg.header.frame_id = "bench_camera"
+    msg.height, msg.width, msg.encoding, msg.step = height, width, "rgb8", width * 3
+    msg.data = synthetic_frame(index, height, width).tobytes()
+    return msg
+
+
+def measure_latency(session: NodeSession, width: int, height: int, frames: int, timeout: float) -> dict[str, float]:
+    """Sequential frames at one resolution: end-to-end, model and overhead percentiles (ms)."""
+    end_to_end, model, lost = [], [], 0
+    for index in range(frames + 1):  # frame 0 warms up this resolution
+        msg = image(index + width * 100_000, width, height)
+        sent = time.perf_counter()
+        session.publisher.publish(msg)
+        info = session.answer(msg, timeout)
+        if info is None:
+            lost += 1
+            continue
+        if index:
+            end_to_end.append((time.perf_counter() - sent) * 1000.0)
+            model.append(info.model_ms)
+    overhead = [e - m for e, m in zip(end_to_end, model)]
+    return {
+        **{f"end_to_end_{k}": v for k, v in percentiles(end_to_end).items()},
+        **{f"model_{k}": v for k, v in percentiles(model).items()},
+        **{f"overhead_{k}": v for k, v in percentiles(overhead).items()},
+        "unanswered": lost,
+    }
+
+
+def measure_vocabulary_change(session: NodeSession, names: list[str]) -> dict[str, float]:
+    """Service round trip (ms) for ``names``: cold cache, then cached (after a change away)."""
+    timings = {}
+    for label, labels in (("cold", names), ("away", ["floor"]), ("cached", names)):
+        start = time.perf_counter()
+        response = session.peer.call(session.vocabulary_client, SetVocabulary.Request(labels=labels), timeout=READY_TIMEOUT_S)
+        if not response.success:
+            raise RuntimeError(f"set_vocabulary failed: {response.message}")
+        timings[label] = (time.perf_counter() - start) * 1000.0
+    return {"cold_ms": timings["cold"], "cached_ms": timings["cached"]}
+
+
+def soak(session: NodeSession, frames: int, changes: int, rate_hz: float, width: int = 640, height: int = 480) -> dict[str, float]:
+    """Stream ``frames`` at ``rate_hz`` with ``changes`` vocabulary changes interleaved."""
+    vocabularies = [load_class_list("ade150")[:20], ["person", "forklift", "pallet", "spill on floor"], load_class_list("ade150")[20:60]]
+    memory: list[tuple[int, float]] = []  # (frame index, node RSS MB)
+    gpu_memory: list[tuple[int, float]] = []
+    change_ms: list[float] = []
+    change_errors: list[str] = []
+
+    def change_vocabularies(done: threading.Event, schedule: list[int], sent: list[int]) -> None:
+        for count, frame_index in enumerate(schedule):
+            while sent[0] < frame_index and not done.is_set():
+                time.sleep(0.005)
+            request = SetVocabulary.Request(labels=vocabularies[count % len(vocabularies)])
+            called = time.perf_counter()
+            try:
+                response = session.peer.call(session.vocabulary_client, request)
+            except TimeoutError as exc:
+                change_errors.append(str(exc))
+                continue
+            if response.success:
+                change_ms.append((time.perf_counter() - called) * 1000.0)
+            else:
+                change_errors.append(response.message)
+
+    time.sleep(2 * DIAGNOSTICS_PERIOD_S)  # counters from before the soak are subtracted below
+    before = session.node_counters()
+    schedule = [(i + 1) * frames // (changes + 1) for i in range(changes)]  # spread evenly
+    sent = [0]
+    done = threading.Event()
+    changer = threading.Thread(target=change_vocabularies, args=(done, schedule, sent), daemon=True)
+    changer.start()
+    frame = image(0, width, height)
+    start = time.perf_counter()
+    for index in range(frames):
+        frame.header.stamp.sec, frame.header.stamp.nanosec = 20_000 + index // 1000, (index % 1000) * 1_000_000
+        time.sleep(max(0.0, start + index / rate_hz - time.perf_counter()))
+        session.publisher.publish(frame)
+        sent[0] = index + 1
+        if index % max(1, int(rate_hz)) == 0:  # about once a second
+            memory.append((index, session.resident_mb()))
+            if "gpu_memory_allocated_mb" in (counters := session.node_counters()):
+                gpu_memory.append((index, counters["gpu_memory_allocated_mb"]))
+    done.set()
+    changer.join(timeout=60.0)
+    def soak_counters() -> dict[str, float]:
+        now = session.node_counters()
+        return {key: now[key] - before.get(key, 0) for key in now if key.startswith("frames_")}
+
+    session.peer.wait_for(lambda: soak_counters().get("frames_received", 0) >= frames, 10.0)
+    time.sleep(2 * DIAGNOSTICS_PERIOD_S)  # the last frames' outcome reaches the diagnostics
+    counters = soak_counters()
+    warm = [mb for index, mb in memory if index >= frames // 10]
+    gpu = [mb for _, mb in gpu_memory]
+    return {
+        "frames_sent": frames,
+        "vocabulary_changes": len(change_ms),
+        "vocabulary_change_errors": len(change_errors),
+        "vocabulary_change_p50_ms": percentiles(change_ms)["p50"],
+        **{key: int(counters.get(key, 0)) for key in ("frames_received", "frames_processed", "frames_dropped", "frames_failed")},
+        "lost_before_node": frames - int(counters.get("frames_received", 0)),
+        "rss_after_warmup_mb": warm[0] if warm else float("nan"),
+        "rss_end_mb": memory[-1][1] if memory else float("nan"),
+        "rss_max_growth_mb": (max(warm) - warm[0]) if warm else float("nan"),
+        "gpu_memory_growth_mb": (max(gpu) - gpu[len(gpu) // 10]) if gpu else float("nan"),
+        "duration_s": time.perf_counter() - start,
+    }

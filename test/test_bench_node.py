@@ -1,0 +1,23 @@
+"""The node benchmarks run end to end on a small model (figures are not asserted, only
+that every frame is accounted for and the measurements are sane)."""
+
+from ovseg_ros.tools.bench_node import NodeSession, measure_latency, measure_vocabulary_change, soak
+from ovseg_ros.vocabulary import load_class_list
+
+from node_settings import TEST_MODEL, answer_timeout
+
+
+def test_latency_vocabulary_change_and_soak(tmp_path):
+    with NodeSession(TEST_MODEL, "cpu", tmp_path) as session:
+        latency = measure_latency(session, 320, 240, frames=3, timeout=answer_timeout())
+        assert latency["unanswered"] == 0
+        assert latency["end_to_end_p50"] > latency["model_p50"] > 0
+
+        change = measure_vocabulary_change(session, load_class_list("ade150")[:30])
+        assert change["cold_ms"] > 0 and change["cached_ms"] > 0
+
+        result = soak(session, frames=90, changes=9, rate_hz=30.0)
+        assert result["vocabulary_changes"] == 9
+        assert result["lost_before_node"] == 0, "reliable frames all reach the node"
+        assert result["frames_processed"] + result["frames_dropped"] + result["frames_failed"] == result["frames_received"] == 90
+        assert result["frames_failed"] == 0 and result["rss_end_mb"] > 0
