@@ -48,7 +48,8 @@ class NodeProcess:
         self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 15.0) -> int:
@@ -83,7 +84,7 @@ class Peer:
 
     def __init__(self, name: str = "ovseg_peer") -> None:
         if not rclpy.ok():
-            rclpy.init()
+            rclpy.init(args=[])  # this process's command line is not for ROS
         self.node = Node(name)
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self.node)

@@ -23,6 +23,7 @@ logged (throttled), counted in diagnostics and skipped; the node keeps serving.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ovseg_ros.image_codec import ImageError, decode_compressed, decode_image, encode_image
+from ovseg_ros.image_codec import ImageError, decode_compressed, decode_image, encode_image, message_bytes
 from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import CheckpointError, file_digest
 from ovseg_ros.msg import ClassMap, SegmentationInfo
@@ -206,6 +207,10 @@ class OvsegNode(LifecycleNode):
         device = self._param("device")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            # Torch's threads spin on every core; one left free keeps image callbacks
+            # flowing (with all cores taken, frames overflowed the subscription queue).
+            torch.set_num_threads(self._param("cpu_threads") or max(1, (os.cpu_count() or 2) - 1))
         model = build_model(model_name, weights)
         digest = file_digest(weights) if weights is not None else "random"
         self.get_logger().info(f"model {model_name} on {device} ({self._param('precision')}), weights: {weights or 'random'}")
@@ -222,7 +227,8 @@ class OvsegNode(LifecycleNode):
     def _build_smoother(self) -> TemporalSmoother:
         mode = self._param("smoothing")
         if mode == "auto":
-            mode = "flow" if self._param("model").startswith("san_") else "off"
+            mode = "flow" if self._param("model").startswith("san_") else "none"
+        mode = "off" if mode == "none" else mode  # the smoother's name for it
         self.get_logger().info(f"temporal smoothing: {mode}")
         return TemporalSmoother(mode, strength=self._param("smoothing_strength"), max_gap_s=self._param("smoothing_max_gap_s"))
 
@@ -241,11 +247,12 @@ class OvsegNode(LifecycleNode):
         self._label_info_pub = publisher(LabelInfo, "segmentation/vision_label_info", LATCHED_QOS) if LabelInfo else None
         self._camera_info_pub = publisher(CameraInfo, "segmentation/camera_info") if self._param("use_camera_info") else None
 
-        overrides = QoSOverridingOptions.with_default_policies()
+        # Frames get a callback group of their own: no service or timer callback delays them.
+        options = {"qos_overriding_options": QoSOverridingOptions.with_default_policies(), "callback_group": MutuallyExclusiveCallbackGroup()}
         if self._param("input_transport") == "compressed":
-            image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data, qos_overriding_options=overrides)
+            image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data, **options)
         else:
-            image_sub = self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data, qos_overriding_options=overrides)
+            image_sub = self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data, **options)
         self._entities.append(image_sub)
         if self._param("use_camera_info"):
             self._entities.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data))
@@ -373,7 +380,7 @@ class OvsegNode(LifecycleNode):
     def _decode(self, msg: Image | CompressedImage) -> np.ndarray:
         if isinstance(msg, CompressedImage):
             return decode_compressed(msg.format, bytes(msg.data))
-        return decode_image(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data), bool(msg.is_bigendian))
+        return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
 
     def _process(self, msg: Image | CompressedImage, received: float) -> None:
         queue_ms = (time.perf_counter() - received) * 1000.0
@@ -491,7 +498,7 @@ def _image_msg(header, pixels: np.ndarray) -> Image:
     msg.header = header
     msg.height, msg.width = pixels.shape[:2]
     msg.encoding, msg.step, msg.is_bigendian = encoding, step, 0
-    msg.data = data
+    msg.data = message_bytes(data)
     return msg
 
 

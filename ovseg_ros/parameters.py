@@ -31,6 +31,14 @@ PARAMETERS = (
     ),
     ParameterSpec("device", "auto", "Torch device: auto (cuda when available), cpu, cuda, cuda:N.", read_only=True),
     ParameterSpec("precision", "fp32", "Numeric precision of the network.", read_only=True, choices=("fp32", "fp16", "bf16")),
+    ParameterSpec(
+        "cpu_threads",
+        0,
+        "Torch threads when running on the CPU; 0 = one less than the cores, so the ROS executor is never starved of a core.",
+        read_only=True,
+        min_value=0,
+        max_value=1024,
+    ),
     ParameterSpec("input_short_edge", 640, "Images are resized to this short edge before the model (authors: 640).", read_only=True, min_value=64, max_value=2048),
     ParameterSpec("cer_topk", 0, "SED category early rejection: keep classes in the top K at some pixel between decoder stages; 0 = off.", min_value=0, max_value=65535),
     # Classes.
@@ -40,9 +48,10 @@ PARAMETERS = (
     ParameterSpec(
         "smoothing",
         "auto",
-        "Temporal smoothing of class scores across frames: off, ema, flow (optical-flow warped), auto (flow for SAN, off for SED).",
+        "Temporal smoothing of class scores across frames: none, ema, flow (optical-flow warped), auto (flow for SAN, none for SED). "
+        "(none, not off: YAML reads a bare off as false.)",
         read_only=True,
-        choices=("auto", "off", "ema", "flow"),
+        choices=("auto", "none", "ema", "flow"),
     ),
     ParameterSpec("smoothing_strength", 0.6, "Weight of the past in temporal smoothing (0 = none).", min_value=0.0, max_value=1.0),
     ParameterSpec("smoothing_max_gap_s", 0.5, "A longer gap between frame stamps restarts smoothing.", min_value=0.01, max_value=60.0),

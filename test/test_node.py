@@ -19,6 +19,7 @@ from sensor_msgs.msg import Image
 
 from ovseg_ros.bag import synthetic_frame
 from ovseg_ros.harness import NodeProcess, Peer
+from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
@@ -59,7 +60,7 @@ def image_msg(index: int, encoding: str = "rgb8", frame_id: str = "cam_front") -
     msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + index, 123456789
     msg.header.frame_id = frame_id
     msg.height, msg.width, msg.encoding, msg.step = 120, 160, encoding, 160 * 3
-    msg.data = rgb.tobytes()
+    msg.data = message_bytes(rgb)
     return msg
 
 

@@ -14,6 +14,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ovseg_ros.bag import synthetic_frame
 from ovseg_ros.harness import NodeProcess, Peer
+from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
@@ -48,7 +49,7 @@ def stamped(msg, index: int):
 def raw_image(index: int, height: int = 120, width: int = 160) -> Image:
     msg = stamped(Image(), index)
     msg.height, msg.width, msg.encoding, msg.step = height, width, "rgb8", width * 3
-    msg.data = synthetic_frame(index, height, width).tobytes()
+    msg.data = message_bytes(synthetic_frame(index, height, width))
     return msg
 
 
@@ -65,8 +66,6 @@ def test_compressed_input_with_camera_info(tmp_path, peer):
         images = peer.node.create_publisher(CompressedImage, "/cam2/image_raw/compressed", RELIABLE)
         calibration = peer.node.create_publisher(CameraInfo, "/cam2/camera_info", RELIABLE)
         assert peer.wait_for(lambda: images.get_subscription_count() and calibration.get_subscription_count(), 10.0)
-        calibration.publish(CameraInfo(width=160, height=120, distortion_model="plumb_bob"))
-        time.sleep(0.5)
 
         corrupt = stamped(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"), 1)
         images.publish(corrupt)
@@ -75,6 +74,7 @@ def test_compressed_input_with_camera_info(tmp_path, peer):
         good = stamped(CompressedImage(format="jpeg", data=jpeg.tobytes()), 2)
         deadline = time.monotonic() + answer_timeout()
         while not answered(infos, 2) and time.monotonic() < deadline:
+            calibration.publish(CameraInfo(width=160, height=120, distortion_model="plumb_bob"))  # a camera sends one per frame
             images.publish(good)
             peer.wait_for(lambda: answered(infos, 2), 2.0)
         assert answered(infos, 2) and not answered(infos, 1)

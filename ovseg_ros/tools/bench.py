@@ -2,6 +2,8 @@
 
     python -m ovseg_ros.tools.bench model --model sed_convnext_base --vocab ade150 ade847 --cer 0 8
     python -m ovseg_ros.tools.bench text --model sed_convnext_base --vocab ade150
+    python -m ovseg_ros.tools.bench node --model sed_convnext_base [--long]
+    python -m ovseg_ros.tools.bench all            # model, then node, in one run
 
 ``model``: per-stage latency of one frame through the :class:`~ovseg_ros.segmenter.Segmenter`
 for every (vocabulary, CER top-K) combination, measured in one run, with the ratios
@@ -240,18 +242,49 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--device", default="auto")
     common.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     common.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    model = commands.add_parser("model", parents=[common], help="per-stage model latency, CER on/off, vocabulary sizes")
+    model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--image", default="768x768", help="camera image WIDTHxHEIGHT")
     model.add_argument("--vocab", nargs="+", default=["ade150", "ade847"], help="shipped class lists")
     model.add_argument("--cer", nargs="+", type=int, default=[0, 8], help="CER top-K values, 0 = off")
     model.add_argument("--repeats", type=int, default=3)
     model.add_argument("--warmup", type=int, default=1)
     model.add_argument("--encode-text", action="store_true", help="encode the class names instead of random features")
+    commands.add_parser("model", parents=[common, model], help="per-stage model latency, CER on/off, vocabulary sizes")
     text = commands.add_parser("text", parents=[common], help="text encoding of a class list, cold vs cached")
     text.add_argument("--vocab", default="ade150", help="shipped class list")
     text.add_argument("--repeats", type=int, default=3, help="cached calls (median)")
+    node = commands.add_parser("node", parents=[common], help="the node over DDS: end-to-end latency, vocabulary change, soak")
+    add_node_arguments(node)
+    everything = commands.add_parser("all", parents=[common, model], help="model, then node: the whole suite in one run")
+    add_node_arguments(everything)
     args = parser.parse_args(argv)
-    return bench_model(args) if args.command == "model" else bench_text(args)
+    if args.command == "text":
+        return bench_text(args)
+    if args.command in ("model", "all"):
+        bench_model(args)
+    if args.command in ("node", "all"):
+        bench_node(args)
+    return 0
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, default=20, help="frames per resolution for latency")
+    parser.add_argument("--vocab-change", default="ade150", help="class list for the vocabulary-change timing")
+    parser.add_argument("--soak-frames", type=int, default=600)
+    parser.add_argument("--soak-changes", type=int, default=60)
+    parser.add_argument("--soak-rate", type=float, default=30.0, help="camera rate of the soak, Hz")
+    parser.add_argument("--long", action="store_true", help="the long soak: 10,000 frames, 1,000 vocabulary changes")
+    parser.add_argument("--log-dir", type=Path, default=Path("out/bench"), help="node logs")
+
+
+def bench_node(args: argparse.Namespace) -> None:
+    from ovseg_ros.tools.bench_node import run_node_benchmarks  # needs ROS 2
+
+    if args.long:
+        args.soak_frames, args.soak_changes = 10_000, 1_000
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"machine: {machine_description(torch.device(device))}; load average {os.getloadavg()[0]:.2f} at start")
+    run_node_benchmarks(args.model, device, args.log_dir, args.vocab_change, args.frames, args.soak_frames, args.soak_changes, args.soak_rate)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from sensor_msgs.msg import Image
 
 from ovseg_ros.bag import synthetic_frame
 from ovseg_ros.harness import NodeProcess, Peer
+from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 from ovseg_ros.vocabulary import load_class_list
@@ -56,10 +57,13 @@ class NodeSession:
 
     def __enter__(self) -> NodeSession:
         self.cache_dir = Path(tempfile.mkdtemp(prefix="ovseg_bench_cache_"))  # cold text cache
+        # A reliable input subscription: the figures are about the node, not about frames
+        # that best-effort transport drops before they reach it.
+        reliable_input = ["-p", f"qos_overrides.{CAMERA_TOPIC}.subscription.reliability:=reliable"]
         self.node = NodeProcess(
             {"namespace": NAMESPACE, "image_topic": CAMERA_TOPIC, "model": self.model, "device": self.device},
             self.log_dir / f"node_{self.model}.log",
-            extra_args=self.extra_args,
+            extra_args=reliable_input + self.extra_args,
             env={"OVSEG_CACHE_DIR": str(self.cache_dir)},
         )
         self.peer = Peer("ovseg_bench")
@@ -110,13 +114,14 @@ def image(index: int, width: int, height: int) -> Image:
     msg.header.stamp.sec, msg.header.stamp.nanosec = 10_000 + index // 1000, (index % 1000) * 1_000_000
     msg.header.frame_id = "bench_camera"
     msg.height, msg.width, msg.encoding, msg.step = height, width, "rgb8", width * 3
-    msg.data = synthetic_frame(index, height, width).tobytes()
+    msg.data = message_bytes(synthetic_frame(index, height, width))
     return msg
 
 
 def measure_latency(session: NodeSession, width: int, height: int, frames: int, timeout: float) -> dict[str, float]:
     """Sequential frames at one resolution: end-to-end, model and overhead percentiles (ms)."""
     end_to_end, model, lost = [], [], 0
+    stages: dict[str, list[float]] = {"queue": [], "preprocess": [], "postprocess": []}
     for index in range(frames + 1):  # frame 0 warms up this resolution
         msg = image(index + width * 100_000, width, height)
         sent = time.perf_counter()
@@ -128,11 +133,14 @@ def measure_latency(session: NodeSession, width: int, height: int, frames: int, 
         if index:
             end_to_end.append((time.perf_counter() - sent) * 1000.0)
             model.append(info.model_ms)
+            for name, values in stages.items():
+                values.append(getattr(info, f"{name}_ms"))
     overhead = [e - m for e, m in zip(end_to_end, model)]
     return {
         **{f"end_to_end_{k}": v for k, v in percentiles(end_to_end).items()},
         **{f"model_{k}": v for k, v in percentiles(model).items()},
         **{f"overhead_{k}": v for k, v in percentiles(overhead).items()},
+        **{f"{name}_p50": percentiles(values)["p50"] for name, values in stages.items()},
         "unanswered": lost,
     }
 
@@ -215,3 +223,29 @@ def soak(session: NodeSession, frames: int, changes: int, rate_hz: float, width:
         "gpu_memory_growth_mb": (max(gpu) - gpu[len(gpu) // 10]) if gpu else float("nan"),
         "duration_s": time.perf_counter() - start,
     }
+
+
+def run_node_benchmarks(model: str, device: str, log_dir: Path, vocab: str, frames: int, soak_frames: int, soak_changes: int, soak_rate_hz: float) -> None:
+    """Start the node once and print latency, vocabulary-change and soak figures."""
+    with NodeSession(model, device, log_dir) as session:
+        print(f"\nnode {model} on {device}, over DDS ({session.node.argv[0]}), frames sent one at a time, reliable QoS")
+        print("| image | end-to-end p50 | p95 | model p50 | node overhead p50 | p95 | of which: queue | decode + preprocess | postprocess + publish | transport (rest) | unanswered |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for width, height in ((640, 480), (1280, 720)):
+            r = measure_latency(session, width, height, frames, timeout=READY_TIMEOUT_S)
+            transport = r["overhead_p50"] - r["queue_p50"] - r["preprocess_p50"] - r["postprocess_p50"]
+            print(f"| {width}x{height} | {r['end_to_end_p50']:.1f} | {r['end_to_end_p95']:.1f} | {r['model_p50']:.1f} | {r['overhead_p50']:.1f} | {r['overhead_p95']:.1f} "
+                  f"| {r['queue_p50']:.1f} | {r['preprocess_p50']:.1f} | {r['postprocess_p50']:.1f} | {transport:.1f} | {r['unanswered']} |")
+
+        names = load_class_list(vocab)
+        change = measure_vocabulary_change(session, names)
+        print(f"\nvocabulary change ({vocab}, {len(names)} names, ~/set_vocabulary round trip): cold {change['cold_ms']:.1f} ms, "
+              f"cached {change['cached_ms']:.1f} ms, cold/cached {change['cold_ms'] / change['cached_ms']:.1f}x")
+
+        result = soak(session, soak_frames, soak_changes, soak_rate_hz)
+        print(f"\nsoak: {soak_frames} frames at {soak_rate_hz:g} Hz (640x480) with {soak_changes} vocabulary changes, {result['duration_s']:.0f} s")
+        for key, value in result.items():
+            print(f"  {key}: {value:.1f}" if isinstance(value, float) else f"  {key}: {value}")
+        accounted = result["frames_processed"] + result["frames_dropped"] + result["frames_failed"]
+        print(f"  every frame accounted for: {accounted == result['frames_received'] and result['lost_before_node'] == 0} "
+              f"(processed + dropped by the latest-frame policy + failed = {accounted}, received {result['frames_received']}, sent {soak_frames})")
