@@ -123,7 +123,7 @@ class Peer:
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {client.srv_name} not available")
         future = client.call_async(request)
-        if not self.wait_for(future.done, timeout):
+        if not self.wait_for(future.done, timeout, poll=0.002):
             raise TimeoutError(f"service {client.srv_name} did not answer within {timeout} s")
         return future.result()
 

@@ -181,3 +181,23 @@ def test_input_qos_can_be_overridden(tmp_path, peer):
         assert peer.wait_for(lambda: answered(infos, 2), answer_timeout())
     finally:
         assert node.stop() == 0
+
+
+def test_max_rate_limits_processing(tmp_path, peer):
+    node = start(tmp_path, "slow_rate", "-p", "max_rate_hz:=2.0")
+    try:
+        infos = peer.record("/slow_rate/segmentation/info", SegmentationInfo)
+        wait_ready(peer, node, "/slow_rate/image_raw")
+        images = peer.node.create_publisher(Image, "/slow_rate/image_raw", RELIABLE)
+        assert peer.wait_for(lambda: images.get_subscription_count() > 0, 10.0)
+        start_time = time.monotonic()
+        index = 0
+        while time.monotonic() - start_time < 3.0:
+            images.publish(raw_image(index))
+            index += 1
+            time.sleep(1 / 30)
+        time.sleep(1.0)
+        answered_count = len(infos.messages)
+        assert 3 <= answered_count <= 2.0 * 4 + 1, f"{answered_count} frames answered in ~4 s at max_rate_hz 2"
+    finally:
+        assert node.stop() == 0
