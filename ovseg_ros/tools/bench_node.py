@@ -109,6 +109,15 @@ class NodeSession:
         return float("nan")
 
 
+def quarter_medians(memory: list[tuple[int, float]], frames: int) -> dict[str, float]:
+    """Median RSS over each quarter of the stream: flat memory keeps the four level."""
+    medians = {}
+    for quarter in range(4):
+        part = [mb for index, mb in memory if quarter * frames // 4 <= index < (quarter + 1) * frames // 4]
+        medians[f"rss_q{quarter + 1}_median_mb"] = float(np.median(part)) if part else float("nan")
+    return medians
+
+
 def image(index: int, width: int, height: int) -> Image:
     msg = Image()
     msg.header.stamp.sec, msg.header.stamp.nanosec = 10_000 + index // 1000, (index % 1000) * 1_000_000
@@ -220,6 +229,7 @@ def soak(session: NodeSession, frames: int, changes: int, rate_hz: float, width:
         "rss_after_warmup_mb": warm[0] if warm else float("nan"),
         "rss_end_mb": memory[-1][1] if memory else float("nan"),
         "rss_max_growth_mb": (max(warm) - warm[0]) if warm else float("nan"),
+        **quarter_medians(memory, frames),
         "gpu_memory_growth_mb": (max(gpu) - gpu[len(gpu) // 10]) if gpu else float("nan"),
         "duration_s": time.perf_counter() - start,
     }
