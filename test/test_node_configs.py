@@ -18,7 +18,7 @@ from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout
+from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout, resend_until
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -68,8 +68,7 @@ def test_compressed_input_with_camera_info(tmp_path, peer):
         assert peer.wait_for(lambda: images.get_subscription_count() and calibration.get_subscription_count(), 10.0)
 
         corrupt = stamped(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"), 1)
-        images.publish(corrupt)
-        assert peer.wait_for(lambda: "cannot decode compressed image" in node.log_text(), 10.0)
+        assert resend_until(images, corrupt, lambda: "cannot decode compressed image" in node.log_text(), peer)
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(synthetic_frame(2, 120, 160), cv2.COLOR_RGB2BGR))
         good = stamped(CompressedImage(format="jpeg", data=jpeg.tobytes()), 2)
         deadline = time.monotonic() + answer_timeout()
@@ -100,8 +99,7 @@ def test_lifecycle_without_autostart(tmp_path, peer):
         wait_ready(peer, node, "/lc/image_raw")
         images = peer.node.create_publisher(Image, "/lc/image_raw", RELIABLE)
         assert peer.wait_for(lambda: images.get_subscription_count() > 0, 10.0)
-        images.publish(raw_image(1))
-        assert peer.wait_for(lambda: answered(infos, 1), answer_timeout())
+        assert resend_until(images, raw_image(1), lambda: answered(infos, 1), peer, answer_timeout())
 
         assert peer.call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))).success
         images.publish(raw_image(2))
@@ -177,8 +175,7 @@ def test_input_qos_can_be_overridden(tmp_path, peer):
         assert not answered(infos, 1), "a reliable subscription does not take best-effort frames"
         reliable = peer.node.create_publisher(Image, "/qos/image_raw", RELIABLE)
         assert peer.wait_for(lambda: reliable.get_subscription_count() > 0, 10.0)
-        reliable.publish(raw_image(2))
-        assert peer.wait_for(lambda: answered(infos, 2), answer_timeout())
+        assert resend_until(reliable, raw_image(2), lambda: answered(infos, 2), peer, answer_timeout())
     finally:
         assert node.stop() == 0
 
