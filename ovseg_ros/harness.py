@@ -105,10 +105,6 @@ class Peer:
         self.recordings[topic] = recording
         return recording
 
-    def count(self, topic: str) -> int:
-        with self._lock:
-            return len(self.recordings[topic].messages)
-
     def wait_for(self, condition, timeout: float, poll: float = 0.05) -> bool:
         """Poll ``condition()`` until true or ``timeout`` s pass."""
         deadline = time.monotonic() + timeout

@@ -205,7 +205,9 @@ class Segmenter:
             labels = labels.to(dtype)
             if self.min_score > 0:
                 labels[confidence < self.min_score] = vocabulary.unlabeled_id
-            labels_np = labels.cpu().numpy().astype(np.uint8 if dtype == torch.uint8 else np.uint16)
+            labels_np = labels.cpu().numpy()
+            if dtype != torch.uint8:  # torch has no general uint16: narrow on the host, once
+                labels_np = labels_np.astype(np.uint16)
             confidence_np = confidence.cpu().numpy()
         timings["postprocess"] = _lap(start, self.device)
         return Segmentation(scores, labels_np, confidence_np, vocabulary, timings)
