@@ -15,4 +15,11 @@ source "$_ovseg_repo/install/local_setup.sh"
 export PYTHONSAFEPATH=1
 # Fast DDS's default transports drop most large best-effort messages (images) here.
 export FASTDDS_BUILTIN_TRANSPORTS="${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}"
-unset _ovseg_repo _ovseg_venv
+# The ROS 2 tools from ../shared/ros2 (ros2 launch, ros2 param, message_filters, ...), when
+# scripts/setup.sh installed them; on a ROS install they are already on the paths.
+_ovseg_ros2_tools="$(ovseg_ros2_tools_path "$_ovseg_repo")"
+if [ -f "$_ovseg_ros2_tools/.ros2_extra_stamp" ] && [ -f "$_ovseg_repo/../shared/ros2/env.sh" ]; then
+  # shellcheck disable=SC1091
+  OVSEG_ROS2_EXTRA="$_ovseg_ros2_tools" source "$_ovseg_repo/../shared/ros2/env.sh"
+fi
+unset _ovseg_repo _ovseg_venv _ovseg_ros2_tools

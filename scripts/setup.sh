@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine: a virtual environment with pinned versions
 # (requirements.txt + constraints.txt), the ROS 2 Kilted wheels, torch + open_clip, and a
-# colcon build of this package (interfaces + Python modules) into ./install.
-# Running it again only re-checks: pip is skipped while the pins are unchanged.
+# colcon build of this package (interfaces + Python modules) into ./install, and, when
+# ../shared/ros2 is beside the checkout, the ROS 2 tools a ROS install would bring from apt
+# (launch, ros2cli, message_filters, vision_msgs, diagnostic_updater, image_geometry)
+# into a prefix beside the virtual environment.
+# Running it again only re-checks: pip is skipped while the pins are unchanged, and the
+# ROS tools' install.sh does nothing while its sources and the venv are unchanged.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,4 +41,12 @@ colcon --log-base "$repo/log" build \
   --symlink-install --event-handlers console_direct- \
   --cmake-args -DCMAKE_PROJECT_INCLUDE="$repo/cmake/pip_ros_wheels.cmake" -DPython3_EXECUTABLE="$venv/bin/python" \
   >"$repo/log/colcon_build.txt" 2>&1 || { cat "$repo/log/colcon_build.txt"; exit 1; }
+ros2_tools="$(ovseg_ros2_tools_path "$repo")"
+if [ -f "$repo/../shared/ros2/install.sh" ]; then
+  echo "[setup] ROS 2 tools from ../shared/ros2 into $ros2_tools"
+  bash "$repo/../shared/ros2/install.sh" "$ros2_tools" >"$repo/log/ros2_tools_install.txt" 2>&1 ||
+    { cat "$repo/log/ros2_tools_install.txt"; exit 1; }
+else
+  echo "[setup] no ../shared/ros2 beside the checkout: the tests that need ros2 launch / message_filters / vision_msgs will skip"
+fi
 echo "[setup] done: run 'source scripts/activate.sh'"

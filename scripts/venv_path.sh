@@ -12,3 +12,13 @@ ovseg_venv_path() {
   pins="$(cat "$1/requirements.txt" "$1/constraints.txt" | sha256sum | cut -c1-12)"
   echo "${XDG_CACHE_HOME:-$HOME/.cache}/ovseg_ros/venv-$pins"
 }
+
+# The prefix holding the ROS 2 tools installed from ../shared/ros2 (beside the venv: the
+# tools' install.sh refuses a prefix inside it). OVSEG_ROS2_TOOLS overrides it.
+ovseg_ros2_tools_path() {
+  if [ -n "${OVSEG_ROS2_TOOLS:-}" ]; then
+    echo "$OVSEG_ROS2_TOOLS"
+    return
+  fi
+  echo "$(ovseg_venv_path "$1")-ros2-tools"
+}
