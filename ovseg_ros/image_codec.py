@@ -3,6 +3,17 @@
 Works on the fields of ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` so it is
 testable without ROS and behaves the same on every distro. Every malformed input raises
 :class:`ImageError` with a message fit for a log line; nothing here crashes on bad data.
+
+mono16 carries 8 to 16 significant bits, low-aligned (a 12-bit sensor sends 0..4095), and
+the message does not say how many. Each frame is scaled to 8 bits by the smallest common
+sensor depth (8, 10, 12, 14 or 16 bits) that holds its brightest pixel: 12-bit data is
+divided by 4095/255 (about 16), full 16-bit data by 65535/255 = 257. A 16-bit frame whose
+pixels all stay below 4096 is therefore stretched like 12-bit data; the models normalise
+contrast anyway, and a frame is never clipped.
+
+Compressed images are decoded as stored: EXIF orientation is ignored, as a camera's
+``sensor_msgs/Image`` would be, so the labels match the pixel grid the camera sent (and
+its ``camera_info``).
 """
 
 from __future__ import annotations
@@ -14,6 +25,9 @@ import numpy as np
 
 #: Largest image accepted (pixels): 8K UHD. Bigger frames are rejected, not resized.
 MAX_PIXELS = 7680 * 4320
+
+#: Common sensor depths, in bits, that mono16 data is assumed to use (see the module doc).
+MONO16_DEPTHS = (8, 10, 12, 14, 16)
 
 #: encoding -> (channels, numpy dtype, conversion to RGB or None)
 _ENCODINGS = {
@@ -41,7 +55,8 @@ def _check_size(height: int, width: int) -> None:
 def decode_image(encoding: str, height: int, width: int, step: int, data: bytes | memoryview, is_bigendian: bool = False) -> np.ndarray:
     """``sensor_msgs/Image`` fields -> (H, W, 3) uint8 RGB.
 
-    mono16 is scaled to 8 bits (value / 257); row padding (``step`` > row bytes) is honoured.
+    mono16 is scaled to 8 bits by the frame's sensor depth (:func:`mono16_depth`); row
+    padding (``step`` > row bytes) is honoured.
     """
     if encoding not in _ENCODINGS:
         raise ImageError(f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
@@ -56,17 +71,24 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: bytes 
     pixels = rows.view(np.dtype(dtype).newbyteorder(">" if is_bigendian else "<"))
     pixels = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
     if dtype == np.uint16:
-        pixels = (pixels.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+        full_scale = (1 << mono16_depth(pixels)) - 1
+        pixels = (pixels.astype(np.uint32) * 255 // full_scale).astype(np.uint8)
     if to_rgb is None:
         return np.ascontiguousarray(pixels)
     return cv2.cvtColor(np.ascontiguousarray(pixels), to_rgb)
 
 
+def mono16_depth(pixels: np.ndarray) -> int:
+    """Bits of a mono16 frame: the smallest of :data:`MONO16_DEPTHS` that holds its maximum."""
+    brightest = int(pixels.max())
+    return next(bits for bits in MONO16_DEPTHS if brightest < 1 << bits)
+
+
 def decode_compressed(format_: str, data: bytes) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (jpeg or png) -> (H, W, 3) uint8 RGB."""
+    """``sensor_msgs/CompressedImage`` (jpeg or png) -> (H, W, 3) uint8 RGB, EXIF orientation ignored."""
     if not data:
         raise ImageError(f"compressed image ({format_ or 'no format'}) has no data")
-    bgr = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise ImageError(f"cannot decode compressed image (format {format_!r}, {len(data)} bytes)")
     _check_size(*bgr.shape[:2])

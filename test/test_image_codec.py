@@ -1,8 +1,11 @@
 """ROS image fields <-> numpy, including every malformed input the node must survive."""
 
+import io
+
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from ovseg_ros.image_codec import MAX_PIXELS, ImageError, decode_compressed, decode_image, encode_image
 
@@ -32,6 +35,18 @@ def test_mono8_and_mono16_become_grey_rgb():
         assert np.array_equal(out, np.dstack([grey] * 3))
 
 
+@pytest.mark.parametrize("bits", [10, 12, 14, 16])
+def test_mono16_is_scaled_by_its_sensor_depth(bits):
+    """A 12-bit sensor's 0..4095 fills 0..255 (it used to come out as 0..15, nearly black)."""
+    full_scale = (1 << bits) - 1
+    ramp = np.linspace(0, full_scale, 5 * 7).round().astype(np.uint16).reshape(5, 7)
+    out = decode_image("mono16", 5, 7, 14, ramp.tobytes())[..., 0]
+    assert out.min() == 0 and out.max() == 255
+    assert np.array_equal(out, (ramp.astype(np.uint32) * 255 // full_scale).astype(np.uint8))
+    # Half the range stays half as bright: the depth is a sensor's, not the frame's maximum.
+    assert decode_image("mono16", 5, 7, 14, (ramp // 2).tobytes()).max() == 127
+
+
 def test_row_padding_is_skipped():
     padded = np.zeros((5, 24), np.uint8)
     padded[:, :21] = RGB.reshape(5, 21)
@@ -58,6 +73,20 @@ def test_compressed_jpeg_and_png_decode():
     assert ok and np.array_equal(decode_compressed("png", png.tobytes()), RGB)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR))
     assert ok and decode_compressed("jpeg", jpeg.tobytes()).shape == RGB.shape
+
+
+def test_jpeg_exif_orientation_is_not_applied():
+    """A JPEG tagged Orientation=6 (rotate 90 degrees) decodes to its stored 40 x 64 grid."""
+    stored = np.zeros((40, 64, 3), np.uint8)
+    stored[:, :32] = (255, 0, 0)  # left half red, right half black
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "jpeg", exif=exif, quality=95)
+    assert Image.open(io.BytesIO(buffer.getvalue())).getexif()[0x0112] == 6
+    out = decode_compressed("jpeg", buffer.getvalue())
+    assert out.shape == (40, 64, 3)
+    assert out[:, :28, 0].min() > 200 and out[:, 36:, 0].max() < 50
 
 
 @pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff garbage", bytes(100)])
