@@ -139,7 +139,7 @@ class Segmenter:
             if self.text_cache is None:
                 features = self.model.encode_text(names)
             else:
-                features = self.text_cache.lookup(names, self.model.encode_text, self.device)
+                features = self.text_cache.lookup(names, self.model.encode_text, self.device, self.precision)
         return Vocabulary(tuple(names), features.float(), version)
 
     def set_vocabulary(self, names: list[str]) -> Vocabulary:

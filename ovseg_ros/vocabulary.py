@@ -75,12 +75,14 @@ def default_cache_dir() -> Path:
 
 
 class TextEmbeddingCache:
-    """Per-class text embeddings on disk, keyed by model variant, weights digest and name.
+    """Per-class text embeddings on disk, keyed by model variant, weights digest, precision and name.
 
-    One file per class name under ``<root>/text/<variant>-<digest>/``, so any vocabulary
-    that reuses names seen before (in any order, in any earlier run) costs no text
-    encoding for them. Files are written atomically and read with ``weights_only=True``;
-    an unreadable entry is recomputed.
+    One file per class name under ``<root>/text/<variant>-<digest>/<precision>/``, so any
+    vocabulary that reuses names seen before (in any order, in any earlier run) costs no
+    text encoding for them. The precision is the one the embeddings were computed in
+    (bf16 and fp16 features differ from fp32 ones), given with each lookup by whoever runs
+    the encoder. Files are written atomically and read with ``weights_only=True``; an
+    unreadable entry is recomputed.
     """
 
     def __init__(self, root: Path, variant: str, weights_digest: str) -> None:
@@ -88,20 +90,21 @@ class TextEmbeddingCache:
         self.hits = 0
         self.misses = 0
 
-    def _path(self, name: str) -> Path:
-        return self.directory / (hashlib.sha256(name.encode("utf-8")).hexdigest()[:32] + ".pt")
+    def _path(self, precision: str, name: str) -> Path:
+        return self.directory / precision / (hashlib.sha256(name.encode("utf-8")).hexdigest()[:32] + ".pt")
 
-    def lookup(self, names: list[str], encode: Callable[[list[str]], torch.Tensor], device: torch.device) -> torch.Tensor:
+    def lookup(self, names: list[str], encode: Callable[[list[str]], torch.Tensor], device: torch.device, precision: str) -> torch.Tensor:
         """Embeddings of ``names`` stacked on dim 0: cached ones loaded, the rest encoded in one batch.
 
         Args:
             names: validated class names.
             encode: the model's text encoder, ``list[str] -> (len, ...)`` tensor.
             device: where the result lives.
+            precision: what ``encode`` computes in (``"fp32"``, ``"bf16"``, ``"fp16"``).
         """
         found: dict[str, torch.Tensor] = {}
         for name in names:
-            path = self._path(name)
+            path = self._path(precision, name)
             if path.is_file():
                 try:
                     found[name] = torch.load(path, map_location=device, weights_only=True)
@@ -112,10 +115,10 @@ class TextEmbeddingCache:
         self.misses += len(missing)
         if missing:
             encoded = encode(missing)
-            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / precision).mkdir(parents=True, exist_ok=True)
             for name, embedding in zip(missing, encoded):
                 found[name] = embedding
-                self._store(self._path(name), embedding)
+                self._store(self._path(precision, name), embedding)
         return torch.stack([found[name].to(device) for name in names])
 
     @staticmethod

@@ -13,7 +13,7 @@ from ovseg_ros.models import build_model
 from ovseg_ros.models.sed import build_sed
 from ovseg_ros.segmenter import Segmenter, resized_shape
 from ovseg_ros.tools.check_parity import seeded_state_dict
-from ovseg_ros.vocabulary import VocabularyError, load_class_list
+from ovseg_ros.vocabulary import TextEmbeddingCache, VocabularyError, load_class_list
 
 RGB = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
 
@@ -115,6 +115,24 @@ def test_reduced_precision_runs_and_stays_close_to_fp32(precision):
     assert drift < 0.1
     with pytest.raises(ValueError, match="precision"):
         Segmenter(build_model("san_tiny_dev"), precision="int8")
+
+
+def test_text_cache_never_serves_another_precisions_embeddings(tmp_path):
+    """fp32 features cached first are not handed to bf16 / fp16 segmenters, nor theirs to fp32."""
+    model, names = build_model("san_tiny_dev"), ["wall", "floor", "box"]
+
+    def encode(precision, cached=True):
+        cache = TextEmbeddingCache(tmp_path, model.variant, "random") if cached else None
+        features = Segmenter(model, precision=precision, text_cache=cache).encode_vocabulary(names).text_features
+        return features, cache
+
+    fp32, _ = encode("fp32")
+    for precision in ("bf16", "fp16", "fp32"):
+        features, cache = encode(precision)
+        assert (cache.hits, cache.misses) == ((3, 0) if precision == "fp32" else (0, 3)), precision
+        assert torch.equal(features, encode(precision, cached=False)[0]), precision
+        assert torch.equal(features, fp32) == (precision == "fp32"), precision
+    assert encode("bf16")[1].hits == 3
 
 
 def test_channels_last_gives_the_same_scores():

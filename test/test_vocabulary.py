@@ -55,6 +55,9 @@ def test_edit_modes():
             edit_vocabulary(current, labels, mode)
 
 
+CPU = torch.device("cpu")
+
+
 class CountingEncoder:
     """A deterministic text encoder that records which names it had to encode."""
 
@@ -68,9 +71,9 @@ class CountingEncoder:
 
 def test_cache_encodes_each_name_once_across_instances(tmp_path):
     encoder = CountingEncoder()
-    first = TextEmbeddingCache(tmp_path, "sed_convnext_base", "abc").lookup(["a", "b"], encoder, torch.device("cpu"))
+    first = TextEmbeddingCache(tmp_path, "sed_convnext_base", "abc").lookup(["a", "b"], encoder, CPU, "fp32")
     cache = TextEmbeddingCache(tmp_path, "sed_convnext_base", "abc")
-    second = cache.lookup(["b", "c", "a"], encoder, torch.device("cpu"))
+    second = cache.lookup(["b", "c", "a"], encoder, CPU, "fp32")
     assert encoder.calls == [["a", "b"], ["c"]]
     assert (cache.hits, cache.misses) == (2, 1)
     assert torch.equal(second[0], first[1]) and torch.equal(second[2], first[0])
@@ -79,15 +82,23 @@ def test_cache_encodes_each_name_once_across_instances(tmp_path):
 def test_cache_is_keyed_by_model_and_weights(tmp_path):
     encoder = CountingEncoder()
     for variant, digest in (("m1", "w1"), ("m1", "w2"), ("m2", "w1")):
-        TextEmbeddingCache(tmp_path, variant, digest).lookup(["a"], encoder, torch.device("cpu"))
+        TextEmbeddingCache(tmp_path, variant, digest).lookup(["a"], encoder, CPU, "fp32")
+    assert len(encoder.calls) == 3
+
+
+def test_cache_is_keyed_by_precision(tmp_path):
+    """Embeddings computed in fp32 are never served to a bf16 or fp16 encoder, nor the reverse."""
+    encoder = CountingEncoder()
+    for precision in ("fp32", "bf16", "fp16", "fp32", "bf16", "fp16"):
+        TextEmbeddingCache(tmp_path, "m", "w").lookup(["a"], encoder, CPU, precision)
     assert len(encoder.calls) == 3
 
 
 def test_corrupt_cache_entry_is_recomputed(tmp_path):
     encoder = CountingEncoder()
     cache = TextEmbeddingCache(tmp_path, "m", "w")
-    cache.lookup(["a"], encoder, torch.device("cpu"))
-    for entry in cache.directory.iterdir():
+    cache.lookup(["a"], encoder, CPU, "fp32")
+    for entry in (cache.directory / "fp32").iterdir():
         entry.write_bytes(b"not a tensor")
-    again = cache.lookup(["a"], encoder, torch.device("cpu"))
+    again = cache.lookup(["a"], encoder, CPU, "fp32")
     assert len(encoder.calls) == 2 and again.shape == (1, 2, 3)
