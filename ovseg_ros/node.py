@@ -2,15 +2,16 @@
 
 Topics (relative to the node's namespace):
     image (sensor_msgs/Image) or image/compressed   in, sensor-data QoS (QoS overrides allowed)
-    camera_info (sensor_msgs/CameraInfo)            in, optional (use_camera_info)
+    camera_info (sensor_msgs/CameraInfo)            in, optional (use_camera_info), paired to frames by stamp
     segmentation/label (sensor_msgs/Image)          mono8 (<= 254 classes, 255 = unlabeled) or mono16
     segmentation/color, segmentation/overlay        rgb8 class colours, and blended over the image
     segmentation/confidence (sensor_msgs/Image)     mono8, winning score x 255
     segmentation/masks/<class> (sensor_msgs/Image)  mono8 per class, follows the vocabulary
-    segmentation/camera_info                        the latest camera_info, with the output header
+    segmentation/camera_info                        the frame's own camera_info, with the output header
     segmentation/info (ovseg_ros/SegmentationInfo)  per frame: vocabulary version, fractions, latency
     segmentation/label_info (ovseg_ros/ClassMap)    class id -> name, transient local
-    /diagnostics (diagnostic_msgs/DiagnosticArray)  rates, drops, latency, device, errors
+    segmentation/vision_label_info (vision_msgs/LabelInfo)  the same for vision_msgs users
+    /diagnostics (diagnostic_msgs/DiagnosticArray)  rates, drops, latency, device, errors (diagnostic_updater)
 Services:
     ~/set_vocabulary (ovseg_ros/SetVocabulary)      replace / add / remove classes at runtime
 
@@ -31,7 +32,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import rclpy
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
+from diagnostic_updater import DiagnosticStatusWrapper, Updater
+from message_filters import ApproximateTimeSynchronizer, Subscriber, TimeSynchronizer
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -40,6 +43,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from vision_msgs.msg import LabelInfo, VisionClass
 
 from ovseg_ros.image_codec import ImageError, decode_compressed, decode_image, encode_image, message_bytes
 from ovseg_ros.models import build_model, resolve_weights
@@ -54,17 +58,14 @@ from ovseg_ros.topic_names import mask_topic_names
 from ovseg_ros.vocabulary import TextEmbeddingCache, VocabularyError, default_cache_dir, edit_vocabulary, validate_class_names
 from ovseg_ros.worker import FrameStats, LatestFrameSlot
 
-try:  # vision_msgs is optional: publish its LabelInfo too when it is installed
-    from vision_msgs.msg import LabelInfo, VisionClass
-except ImportError:
-    LabelInfo = VisionClass = None
-
 # Outputs are reliable (rviz and recorders default to reliable) with a short history:
 # a late frame is worth less than the next one.
 OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
 # The class map is state: late subscribers get the current one.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 LOG_THROTTLE_S = 5.0
+# Frames (and camera_infos) that wait for their partner, as in image_transport's CameraSubscriber.
+CAMERA_INFO_SYNC_QUEUE = 10
 DIAGNOSTICS_PERIOD_S = 1.0
 
 _PARAMETER_TYPES = {
@@ -86,6 +87,37 @@ class ClassState:
     mask_publishers: dict[str, object] = field(default_factory=dict)  # topic token -> publisher
 
 
+class UnpairedFrames:
+    """Counts the frames the camera_info synchronizer gives up on.
+
+    It mirrors the synchronizer's queue of frames waiting for a camera_info: a frame pushed
+    out by ``queue_size`` newer ones (oldest stamp first) is unsynchronized. Called from the
+    frames' callback group only.
+    """
+
+    def __init__(self, queue_size: int) -> None:
+        self._queue_size = queue_size
+        self._waiting: dict[int, bool] = {}  # stamp (ns) -> arrived while active
+        self.count = 0  # while active, like frames_received
+        self.last_at = -float("inf")  # time.monotonic() of the last one
+
+    def arrived(self, msg, active: bool) -> bool:
+        """Note a frame; True when that pushed out one that arrived while active."""
+        self._waiting[_stamp_ns(msg)] = active
+        if len(self._waiting) > self._queue_size and self._waiting.pop(min(self._waiting)):
+            self.count += 1
+            self.last_at = time.monotonic()
+            return True
+        return False
+
+    def paired(self, msg) -> None:
+        self._waiting.pop(_stamp_ns(msg), None)
+
+    def forget_waiting(self) -> None:
+        """A new synchronizer starts with an empty queue."""
+        self._waiting.clear()
+
+
 class OvsegNode(LifecycleNode):
     """Segments every camera frame into the classes of the current vocabulary."""
 
@@ -97,7 +129,7 @@ class OvsegNode(LifecycleNode):
         self._segmenter: Segmenter | None = None
         self._smoother: TemporalSmoother | None = None
         self._classes: ClassState | None = None
-        self._camera_info: CameraInfo | None = None
+        self._unpaired_frames = UnpairedFrames(CAMERA_INFO_SYNC_QUEUE)
         self._active = False
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()  # tells the worker to exit
@@ -109,8 +141,13 @@ class OvsegNode(LifecycleNode):
         self._vocabulary_lock = threading.Lock()  # serialises vocabulary changes
         self._mask_lock = threading.Lock()  # mask publishers are not destroyed mid-publish
 
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        self._diagnostics = Updater(self, period=DIAGNOSTICS_PERIOD_S)
+        self._diagnostics.setHardwareID("none")
+        # The Updater's timer is in the default callback group, which the parameter and
+        # lifecycle services share: one of its own keeps /diagnostics on time.
+        self.destroy_timer(self._diagnostics.timer)
+        self._diagnostics.timer = self.create_timer(self._diagnostics.period, self._diagnostics.update, callback_group=MutuallyExclusiveCallbackGroup())
+        self._diagnostics.add("segmentation", self._report_status)
         # Text encoding for a new vocabulary must not hold up image callbacks.
         self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary, callback_group=MutuallyExclusiveCallbackGroup())
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -244,28 +281,45 @@ class OvsegNode(LifecycleNode):
         self._confidence_pub = publisher(Image, "segmentation/confidence")
         self._info_pub = publisher(SegmentationInfo, "segmentation/info")
         self._class_map_pub = publisher(ClassMap, "segmentation/label_info", LATCHED_QOS)
-        self._label_info_pub = publisher(LabelInfo, "segmentation/vision_label_info", LATCHED_QOS) if LabelInfo else None
+        self._label_info_pub = publisher(LabelInfo, "segmentation/vision_label_info", LATCHED_QOS)
         self._camera_info_pub = publisher(CameraInfo, "segmentation/camera_info") if self._param("use_camera_info") else None
 
         # Frames get a callback group of their own: no service or timer callback delays them.
         options = {"qos_overriding_options": QoSOverridingOptions.with_default_policies(), "callback_group": MutuallyExclusiveCallbackGroup()}
-        if self._param("input_transport") == "compressed":
-            image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data, **options)
+        image_type, image_topic = (CompressedImage, "image/compressed") if self._param("input_transport") == "compressed" else (Image, "image")
+        if not self._param("use_camera_info"):
+            self._entities.append(self.create_subscription(image_type, image_topic, self._on_image, qos_profile_sensor_data, **options))
+            return
+        # Each frame goes out with the camera_info of its own stamp, as image_transport's
+        # CameraSubscriber pairs them, never with whichever arrived last.
+        images = Subscriber(self, image_type, image_topic, qos_profile=qos_profile_sensor_data, **options)
+        camera_infos = Subscriber(self, CameraInfo, "camera_info", qos_profile=qos_profile_sensor_data, **options)
+        images.registerCallback(self._on_image_to_pair)  # before the synchronizer, which may pair it at once
+        slop = self._param("camera_info_sync_slop_s")
+        if slop > 0:
+            synchronizer = ApproximateTimeSynchronizer([images, camera_infos], CAMERA_INFO_SYNC_QUEUE, slop)
         else:
-            image_sub = self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data, **options)
-        self._entities.append(image_sub)
-        if self._param("use_camera_info"):
-            self._entities.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data))
+            synchronizer = TimeSynchronizer([images, camera_infos], CAMERA_INFO_SYNC_QUEUE)
+        synchronizer.registerCallback(self._on_image_with_camera_info)
+        self._unpaired_frames.forget_waiting()
+        self._entities += [images.sub, camera_infos.sub]
 
     # -- callbacks (executor threads: short, never wait for the model) ----------------
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
+    def _on_image(self, msg: Image | CompressedImage, camera_info: CameraInfo | None = None) -> None:
         if self._active:
             self._stats.frame_received()
-            self._frames.put((msg, time.perf_counter()))
+            self._frames.put((msg, time.perf_counter(), camera_info))
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+    def _on_image_to_pair(self, msg: Image | CompressedImage) -> None:
+        if self._unpaired_frames.arrived(msg, self._active):
+            self.get_logger().warning(
+                "frame not processed: no camera_info with its stamp (camera_info_sync_slop_s) arrived in time", throttle_duration_sec=LOG_THROTTLE_S
+            )
+
+    def _on_image_with_camera_info(self, msg: Image | CompressedImage, camera_info: CameraInfo) -> None:
+        self._unpaired_frames.paired(msg)
+        self._on_image(msg, camera_info)
 
     def _on_set_vocabulary(self, request: SetVocabulary.Request, response: SetVocabulary.Response) -> SetVocabulary.Response:
         try:
@@ -382,7 +436,7 @@ class OvsegNode(LifecycleNode):
             return decode_compressed(msg.format, bytes(msg.data))
         return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
 
-    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+    def _process(self, msg: Image | CompressedImage, received: float, camera_info: CameraInfo | None) -> None:
         queue_ms = (time.perf_counter() - received) * 1000.0
         start = time.perf_counter()
         rgb = self._decode(msg)
@@ -397,13 +451,13 @@ class OvsegNode(LifecycleNode):
             self.get_logger().info(f"temporal smoothing restarted: {smoother.last_reset_reason}", throttle_duration_sec=LOG_THROTTLE_S)
 
         start = time.perf_counter()
-        self._publish_images(msg.header, rgb, result, classes)
+        self._publish_images(msg.header, rgb, result, classes, camera_info)
         publish_ms = (time.perf_counter() - start) * 1000.0
         info = self._info_msg(msg.header, result, queue_ms, decode_ms, publish_ms)
         self._info_pub.publish(info)
         self._stats.frame_processed(info.end_to_end_ms)
 
-    def _publish_images(self, header, rgb: np.ndarray, result: Segmentation, classes: ClassState) -> None:
+    def _publish_images(self, header, rgb: np.ndarray, result: Segmentation, classes: ClassState, camera_info: CameraInfo | None) -> None:
         """Label always; the other images only when enabled and subscribed (they cost time)."""
         self._label_pub.publish(_image_msg(header, result.labels))
         unlabeled = result.vocabulary.unlabeled_id
@@ -427,10 +481,9 @@ class OvsegNode(LifecycleNode):
                         publisher = classes.mask_publishers[topic]
                         if publisher.get_subscription_count() > 0:
                             publisher.publish(_image_msg(header, np.where(result.labels == class_id, 255, 0).astype(np.uint8)))
-        if self._camera_info_pub is not None and self._camera_info is not None:
-            info = self._camera_info
-            info.header = header
-            self._camera_info_pub.publish(info)
+        if camera_info is not None:
+            camera_info.header = header  # the paired one: same stamp within the slop
+            self._camera_info_pub.publish(camera_info)
 
     def _info_msg(self, header, result: Segmentation, queue_ms: float, decode_ms: float, publish_ms: float) -> SegmentationInfo:
         names = result.vocabulary.names
@@ -452,22 +505,26 @@ class OvsegNode(LifecycleNode):
 
     # -- diagnostics ----------------------------------------------------------------
 
-    def _publish_diagnostics(self) -> None:
+    def _report_status(self, status: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
+        """The Updater's ``<node>: segmentation`` status, once per period."""
         stats = self._stats.snapshot(time.monotonic())
-        status = DiagnosticStatus(name=f"{self.get_name()}: segmentation", hardware_id=str(self._segmenter.device) if self._segmenter else "none")
+        status.hardware_id = str(self._segmenter.device) if self._segmenter else "none"
+        self._diagnostics.setHardwareID(status.hardware_id)  # for the other tasks too
         classes = self._classes
         if self._configure_error:
-            status.level, status.message = DiagnosticStatus.ERROR, f"not configured: {self._configure_error}"
+            status.summary(DiagnosticStatus.ERROR, f"not configured: {self._configure_error}")
         elif self._segmenter is None:
-            status.level, status.message = DiagnosticStatus.WARN, "not configured"
+            status.summary(DiagnosticStatus.WARN, "not configured")
         elif not self._active:
-            status.level, status.message = DiagnosticStatus.WARN, "inactive"
+            status.summary(DiagnosticStatus.WARN, "inactive")
         elif time.monotonic() - self._last_frame_error_at < LOG_THROTTLE_S:
-            status.level, status.message = DiagnosticStatus.WARN, self._last_frame_error
+            status.summary(DiagnosticStatus.WARN, self._last_frame_error)
+        elif time.monotonic() - self._unpaired_frames.last_at < LOG_THROTTLE_S:
+            status.summary(DiagnosticStatus.WARN, "frames without a camera_info of their stamp are not processed")
         elif self._weights_note.startswith("RANDOM"):
-            status.level, status.message = DiagnosticStatus.WARN, self._weights_note
+            status.summary(DiagnosticStatus.WARN, self._weights_note)
         else:
-            status.level, status.message = DiagnosticStatus.OK, "segmenting"
+            status.summary(DiagnosticStatus.OK, "segmenting")
         values = {
             "model": self._param("model"),
             "weights": self._weights_note,
@@ -480,16 +537,20 @@ class OvsegNode(LifecycleNode):
             "frames_processed": self._stats.processed,
             "frames_dropped": self._frames.dropped,
             "frames_failed": self._stats.failed,
+            "frames_unsynchronized": self._unpaired_frames.count,
             "last_frame_error": self._last_frame_error,
             "latency_p50_ms": f"{stats['latency_p50_ms']:.1f}",
             "latency_p95_ms": f"{stats['latency_p95_ms']:.1f}",
         }
         if self._segmenter is not None and self._segmenter.device.type == "cuda":
             values["gpu_memory_allocated_mb"] = f"{torch.cuda.memory_allocated(self._segmenter.device) / 2**20:.1f}"
-        status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(array)
+        for key, value in values.items():
+            status.add(key, str(value))
+        return status
+
+
+def _stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def _image_msg(header, pixels: np.ndarray) -> Image:

@@ -57,7 +57,21 @@ PARAMETERS = (
     ParameterSpec("smoothing_max_gap_s", 0.5, "A longer gap between frame stamps restarts smoothing.", min_value=0.01, max_value=60.0),
     # Input.
     ParameterSpec("input_transport", "raw", "Subscribe to image (raw) or image/compressed (jpeg/png).", read_only=True, choices=("raw", "compressed")),
-    ParameterSpec("use_camera_info", False, "Subscribe to camera_info and republish it with each output as segmentation/camera_info.", read_only=True),
+    ParameterSpec(
+        "use_camera_info",
+        False,
+        "Subscribe to camera_info and republish, as segmentation/camera_info, the one with each processed frame's stamp; "
+        "frames without one are not processed (counted as frames_unsynchronized).",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "camera_info_sync_slop_s",
+        0.0,
+        "With use_camera_info: a camera_info pairs with a frame whose stamp is less than this apart (s); 0 = equal stamps only.",
+        read_only=True,
+        min_value=0.0,
+        max_value=1.0,
+    ),
     ParameterSpec("max_rate_hz", 0.0, "Process at most this many frames per second (0 = as fast as the model goes).", min_value=0.0, max_value=1000.0),
     # Outputs. Overlay and mask images are only computed while someone subscribes.
     ParameterSpec("publish_color", True, "Publish segmentation/color (rgb8 class colours)."),

@@ -73,7 +73,7 @@ def test_compressed_input_with_camera_info(tmp_path, peer):
         good = stamped(CompressedImage(format="jpeg", data=jpeg.tobytes()), 2)
         deadline = time.monotonic() + answer_timeout()
         while not answered(infos, 2) and time.monotonic() < deadline:
-            calibration.publish(CameraInfo(width=160, height=120, distortion_model="plumb_bob"))  # a camera sends one per frame
+            calibration.publish(stamped(CameraInfo(width=160, height=120, distortion_model="plumb_bob"), 2))  # a camera sends one per frame
             images.publish(good)
             peer.wait_for(lambda: answered(infos, 2), 2.0)
         assert answered(infos, 2) and not answered(infos, 1)
