@@ -5,7 +5,13 @@ MB and a forward pass takes well under a second.
 """
 
 import math
+import os
+import pickle
+import subprocess
+import sys
+import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +67,86 @@ def test_extra_key_is_named(tmp_path, state):
     torch.save({"model": {**state, "side_adapter_network.extra.weight": torch.zeros(3)}}, path)
     with pytest.raises(CheckpointError, match=r"1 unexpected keys.*side_adapter_network\.extra\.weight"):
         build_san(TINY, checkpoint=path)
+
+
+def detectron2_checkpoint(model_state: dict[str, torch.Tensor]) -> dict:
+    """What detectron2's ``Checkpointer.save`` writes: model, optimizer, scheduler, iteration."""
+    params = [torch.nn.Parameter(value.clone()) for value in list(model_state.values())[:4]]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[60000, 80000])
+    return {"model": model_state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "iteration": np.int64(89999)}
+
+
+class Numpy1Pickler(pickle._Pickler):
+    """Writes numpy scalars under numpy 1's module name, as files saved before numpy 2 have them."""
+
+    def save_global(self, obj, name=None):
+        if obj is np._core.multiarray.scalar:
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\nscalar\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+@pytest.mark.parametrize("numpy_names", ["numpy 2", "numpy 1"])
+def test_detectron2_training_state_beside_the_weights_loads(tmp_path, state, numpy_names):
+    """numpy scalars are what plain weights_only loading refused (the iteration counter)."""
+    path = tmp_path / "model_final.pth"
+    pickle_module = pickle if numpy_names == "numpy 2" else types.SimpleNamespace(Pickler=Numpy1Pickler, __name__="numpy1")
+    torch.save(detectron2_checkpoint(state), path, pickle_module=pickle_module)
+    assert (f"numpy.{'_core' if numpy_names == 'numpy 2' else 'core'}.multiarray.scalar"
+            in torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    loaded = build_san(TINY, checkpoint=path).state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded)
+
+
+class RunsAShellCommand:
+    """Pickles as a call to os.system: loading it with plain pickle runs the command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path, state):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "model_final.pth"
+    torch.save({**detectron2_checkpoint(state), "hook": RunsAShellCommand(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"refusing checkpoint .*\(posix.system\)"):
+        build_san(TINY, checkpoint=path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the file really is malicious: plain unpickling runs it
+    assert marker.exists()
+
+
+def test_key_with_and_without_module_prefix_is_an_error(tmp_path, state):
+    path = tmp_path / "san.pth"
+    key = "clip_rec_head.proj"
+    torch.save({"model": {**state, f"module.{key}": state[key] + 1}}, path)
+    with pytest.raises(CheckpointError, match=rf"'{key}' is there both with and without the 'module.' prefix"):
+        build_san(TINY, checkpoint=path)
+
+
+def test_optimizer_state_is_not_read_into_memory(tmp_path, state):
+    """The file is memory-mapped: 512 MB of optimizer state beside the weights costs no RAM."""
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": state, "optimizer": {"state": {0: {"exp_avg": torch.ones(128 << 20)}}}}, path)
+    code = (
+        "import sys\n"
+        "from ovseg_ros.models.checkpoint import read_state_dict\n"
+        "def kib(field): return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1])\n"
+        "before = kib('VmRSS:')\n"
+        "read_state_dict(sys.argv[1])\n"
+        "print((kib('VmHWM:') - before) // 1024)\n"
+    )
+    grown_mib = int(subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True).stdout)
+    print(f"peak memory growth reading a {path.stat().st_size >> 20} MiB checkpoint: {grown_mib} MiB")
+    assert grown_mib < 100
 
 
 def test_wrong_variant_is_rejected(state):

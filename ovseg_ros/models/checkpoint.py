@@ -2,17 +2,24 @@
 
 The authors' checkpoints are detectron2 ``model_final.pth`` files: a dict with the
 state dict under ``"model"`` (or a bare state dict), keys possibly prefixed with
-``module.`` when saved from DistributedDataParallel. Everything is loaded with
-``torch.load(..., weights_only=True)`` and applied strictly: a wrong or truncated
-file raises :class:`CheckpointError` naming the missing and unexpected keys.
+``module.`` when saved from DistributedDataParallel, and possibly the training state
+beside it (``optimizer``, ``scheduler``, ``iteration``...). Everything is loaded with
+``torch.load(..., weights_only=True)``, whose unpickler builds only tensors and plain
+containers and never calls code from the file; the only additions allowed are numpy
+scalars (a detectron2 ``iteration`` may be one) and their dtypes, which are data too.
+Files are memory-mapped, so the optimizer state (often twice the weights) is never read
+into memory. Weights are applied strictly: a wrong or truncated file raises
+:class:`CheckpointError` naming the missing and unexpected keys.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,19 +30,54 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or does not fit the model."""
 
 
+_NUMPY_SCALAR_TYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+                       np.float16, np.float32, np.float64, np.complex64, np.complex128)
+#: What ``weights_only`` loading may build beyond tensors: numpy scalars, under their numpy 2
+#: and numpy 1 (``numpy.core``) names, and the dtypes they carry. No callable that runs code.
+SAFE_NUMPY_GLOBALS = [
+    np._core.multiarray.scalar,
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    np.dtype,
+    *(type(np.dtype(scalar)) for scalar in _NUMPY_SCALAR_TYPES),
+]
+
+
+def _load_weights_only(path: Path) -> object:
+    """``torch.load`` with ``weights_only=True`` plus :data:`SAFE_NUMPY_GLOBALS`, memory-mapped.
+
+    Files in the pre-1.6 (non-zip) format cannot be memory-mapped and are read whole.
+    """
+    try:
+        with torch.serialization.safe_globals(SAFE_NUMPY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        try:
+            refused = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - _safe_global_names())
+        except Exception:  # not a zip checkpoint, or too corrupt to list
+            refused = []
+        if refused:
+            raise CheckpointError(
+                f"refusing checkpoint {path}: it holds pickled objects that could run code when loaded "
+                f"({', '.join(refused)}); only tensors, plain containers and numpy scalars are read"
+            ) from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def _safe_global_names() -> set[str]:
+    return {entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}" for entry in SAFE_NUMPY_GLOBALS}
+
+
 def read_state_dict(path: str | Path) -> StateDict:
-    """Read a ``.pth`` file (``{"model": sd}`` or a bare ``sd``) with ``weights_only=True``.
+    """Read a ``.pth`` file (``{"model": sd, ...training state}`` or a bare ``sd``) safely.
 
     Strips a leading ``module.`` from every key. Raises :class:`CheckpointError` with the
-    path and the reason when the file is missing, corrupt or holds no tensors.
+    path and the reason when the file is missing, corrupt, holds no tensors, holds pickled
+    objects other than data, or holds a key both with and without ``module.``.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    obj = _load_weights_only(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not obj:
@@ -44,7 +86,10 @@ def read_state_dict(path: str | Path) -> StateDict:
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        state[key.removeprefix("module.")] = value
+        name = key.removeprefix("module.")
+        if name in state:
+            raise CheckpointError(f"{path}: {name!r} is there both with and without the 'module.' prefix; which to load is ambiguous")
+        state[name] = value
     return state
 
 
