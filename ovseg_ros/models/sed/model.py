@@ -2,8 +2,11 @@
 
 normalise with CLIP's mean/std -> stretch to 768 x 768 -> ConvNeXt CLIP dense features
 -> cost volume with the class prompts -> gradual fusion decoder (optionally with category
-early rejection) -> sigmoid at 192 x 192 -> bilinear resize to the output size.
+early rejection) -> sigmoid at 192 x 192 -> crop to the input image's size (a no-op unless
+a side of the input is below 192) -> bilinear resize to the output size.
 Test-time sliding window is off in the authors' evaluation and not implemented.
+One image at a time: the cost volume and category early rejection treat the class axis
+as the batch axis, as the authors' test path does (it reads only the first image).
 """
 
 from __future__ import annotations
@@ -76,6 +79,11 @@ class SED(OpenVocabModel):
     @torch.inference_mode()
     def predict(self, image: torch.Tensor, text_features: torch.Tensor) -> SEDOutput:
         """Run the network on a (1, 3, H, W) RGB 0..255 image; probabilities at 192 x 192."""
+        if image.dim() != 4 or image.shape[0] != 1:
+            raise ValueError(
+                f"SED takes one image, shaped (1, 3, H, W), got {tuple(image.shape)}: its cost volume and "
+                "category early rejection use the class axis as the batch axis; run images one by one"
+            )
         with stage("preprocess"):
             clip_input = self.preprocess(image)
         with stage("backbone"):
@@ -87,13 +95,21 @@ class SED(OpenVocabModel):
         return SEDOutput(clip_input, features.dense, decoded.logits, decoded.kept, decoded.kept_per_stage, probs)
 
     @staticmethod
-    def postprocess(probs: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        """(T, h, w) -> (T, H0, W0), bilinear: detectron2's ``sem_seg_postprocess``, whose crop
-        to the input size is a no-op on SED's 192 x 192 output."""
-        return F.interpolate(probs[None], size=output_size, mode="bilinear", align_corners=False)[0]
+    def postprocess(probs: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
+        """(T, 192, 192) -> (T, H0, W0) as the authors do it, with detectron2's ``sem_seg_postprocess``.
+
+        That crops the map to ``image_size``, the (H, W) of the image the model received
+        (unpadded: the authors set ``size_divisibility`` to -1 at test time), then resizes
+        it bilinearly to ``output_size``. The 192 x 192 map covers the whole stretched
+        image, so the crop is a no-op for ordinary images; where a side of the input is
+        below 192 (aspect ratios above about 13 : 1 once the long side is capped at 2560)
+        it keeps only the map's top or left part, and we keep it too.
+        """
+        height, width = image_size
+        return F.interpolate(probs[None, :, :height, :width], size=output_size, mode="bilinear", align_corners=False)[0]
 
     def forward(self, image: torch.Tensor, text_features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         """(T, H0, W0) class probabilities for a (1, 3, H, W) RGB 0..255 image."""
         probs = self.predict(image, text_features).probs
         with stage("postprocess"):
-            return self.postprocess(probs, output_size)
+            return self.postprocess(probs, image.shape[-2:], output_size)

@@ -33,7 +33,7 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
     text = model.encode_text(case["class_names"])
 
     normal = model.predict(image, text)
-    final = model.postprocess(normal.probs, tuple(case["original_hw"]))
+    final = model.postprocess(normal.probs, image.shape[-2:], tuple(case["original_hw"]))
     arrays = {
         "text_features": text,
         "clip_input": normal.clip_input,
