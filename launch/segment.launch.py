@@ -20,6 +20,7 @@ from ovseg_ros.launch_config import (
     NODE_NAME,
     PACKAGE,
     bag_play_command,
+    check_tools_installed,
     node_parameters,
     node_remappings,
     rviz_arguments,
@@ -28,6 +29,7 @@ from ovseg_ros.launch_config import (
 
 def _actions(context):
     values = {name: context.launch_configurations.get(name, default) for name, (default, _) in LAUNCH_ARGUMENTS.items()}
+    check_tools_installed(values)  # before anything starts: a failed launch leaves nothing running
     share_dir = Path(get_package_share_directory(PACKAGE))
     actions = [
         Node(

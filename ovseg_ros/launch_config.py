@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
 PACKAGE = "ovseg_ros"
 EXECUTABLE = "ovseg_node"
 NODE_NAME = "ovseg"
@@ -23,9 +25,9 @@ LAUNCH_ARGUMENTS = {
     "model": ("", "Model name, overrides the params file (e.g. sed_convnext_base, san_vit_b_16)."),
     "weights": ("", "Checkpoint path, overrides the params file."),
     "device": ("", "Torch device (auto, cpu, cuda, cuda:N), overrides the params file."),
-    "use_sim_time": ("false", "Use /clock (set automatically when 'bag' is given)."),
-    "rviz": ("false", "Start rviz2 with config/segment.rviz (camera image, overlay, labels)."),
-    "bag": ("", "A rosbag2 to play with --clock into the node, which then runs on sim time."),
+    "use_sim_time": ("", "true: run on /clock; false: wall time; unset: as the params file or an including launch file's SetParameter say (true when 'bag' is given)."),
+    "rviz": ("false", "Start rviz2 with config/segment.rviz (camera image, overlay, labels; needs rviz2)."),
+    "bag": ("", "A rosbag2 to play with --clock into the node, which then runs on sim time (needs rosbag2)."),
 }
 
 #: Launch arguments that become node parameters of the same name when set.
@@ -36,7 +38,12 @@ def node_parameters(values: dict[str, str], share_dir: Path) -> list:
     """launch_ros ``parameters=``: the params file, then the overrides given as launch arguments."""
     params_file = values.get("params_file") or str(share_dir / PARAMS_FILE)
     overrides = {name: values[name] for name in PARAMETER_ARGUMENTS if values.get(name)}
-    overrides["use_sim_time"] = _true(values.get("use_sim_time", "false")) or bool(values.get("bag"))
+    # Only when given (or with a bag): written here, it would override an including launch
+    # file's SetParameter(use_sim_time=True).
+    if values.get("bag"):
+        overrides["use_sim_time"] = True
+    elif values.get("use_sim_time"):
+        overrides["use_sim_time"] = _true(values["use_sim_time"])
     return [params_file, overrides]
 
 
@@ -50,12 +57,34 @@ def node_remappings(values: dict[str, str]) -> list[tuple[str, str]]:
 
 def bag_play_command(values: dict[str, str]) -> list[str] | None:
     """``ros2 bag play`` of the ``bag`` argument, publishing /clock for the node's sim time."""
-    return ["ros2", "bag", "play", "--clock", values["bag"]] if values.get("bag") else None
+    # The bag first: ros2bag reads an optional value after --clock (its rate in Hz).
+    return ["ros2", "bag", "play", values["bag"], "--clock"] if values.get("bag") else None
 
 
 def rviz_arguments(values: dict[str, str], share_dir: Path) -> list[str] | None:
     """rviz2's arguments when the ``rviz`` argument is true, else None."""
     return ["-d", str(share_dir / RVIZ_CONFIG)] if _true(values.get("rviz", "false")) else None
+
+
+def check_tools_installed(values: dict[str, str]) -> None:
+    """Raise RuntimeError naming what ``rviz`` / ``bag`` need but is not installed, so that
+    the launch fails before it starts anything (rather than leave the node running alone)."""
+    needed = []  # (package, launch argument, apt package)
+    if _true(values.get("rviz", "false")):
+        needed.append(("rviz2", "rviz:=true", "ros-$ROS_DISTRO-rviz2"))
+    if bag_play_command(values) is not None:
+        needed.append(("ros2bag", f"bag:={values['bag']} (ros2 bag play)", "ros-$ROS_DISTRO-rosbag2"))
+    missing = [f"{argument} needs the ROS 2 package {package}, which is not installed (apt install {apt})" for package, argument, apt in needed if not _installed(package)]
+    if missing:
+        raise RuntimeError("; ".join(missing))
+
+
+def _installed(package: str) -> bool:
+    try:
+        get_package_prefix(package)
+    except PackageNotFoundError:
+        return False
+    return True
 
 
 def _true(value: str) -> bool:

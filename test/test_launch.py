@@ -1,4 +1,4 @@
-"""segment.launch.py, checked as far as possible without launch_ros (not installable here).
+"""segment.launch.py's parts, without starting anything (test_ros2_launch.py runs it).
 
 The launch file must use only things that exist: the installed executable, the installed
 parameters file, parameter names the node declares and the launch_config helpers, which
@@ -38,7 +38,7 @@ def test_launch_file_builds_its_node_from_launch_config():
     assert ast.unparse(keywords["parameters"]).startswith("node_parameters(")
     assert ast.unparse(keywords["remappings"]).startswith("node_remappings(")
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    assert {"PACKAGE", "EXECUTABLE", "NODE_NAME", "LAUNCH_ARGUMENTS", "node_parameters", "node_remappings", "bag_play_command", "rviz_arguments"} <= imported & used
+    assert {"PACKAGE", "EXECUTABLE", "NODE_NAME", "LAUNCH_ARGUMENTS", "node_parameters", "node_remappings", "bag_play_command", "rviz_arguments", "check_tools_installed"} <= imported & used
     assert all(hasattr(launch_config, name) for name in imported)
 
 
@@ -80,10 +80,21 @@ def test_node_command_matches_launch_ros_conventions(tmp_path):
 
 def test_bag_argument_plays_with_clock_and_puts_the_node_on_sim_time():
     values = {"bag": "/data/run1"}
-    assert launch_config.bag_play_command(values) == ["ros2", "bag", "play", "--clock", "/data/run1"]
+    # ros2bag takes a value after --clock as its rate: the bag path goes first
+    assert launch_config.bag_play_command(values) == ["ros2", "bag", "play", "/data/run1", "--clock"]
     assert launch_config.node_parameters(values, Path("/share"))[1]["use_sim_time"] is True
+    assert launch_config.node_parameters({**values, "use_sim_time": "false"}, Path("/share"))[1]["use_sim_time"] is True
     assert launch_config.bag_play_command({}) is None
-    assert launch_config.node_parameters({}, Path("/share"))[1]["use_sim_time"] is False
+
+
+def test_use_sim_time_is_a_node_parameter_only_when_given():
+    """Unset, it is left to the params file or an including launch file's SetParameter."""
+    share = Path("/share")
+    assert launch_config.LAUNCH_ARGUMENTS["use_sim_time"][0] == ""
+    assert "use_sim_time" not in launch_config.node_parameters({"use_sim_time": ""}, share)[1]
+    assert "use_sim_time" not in " ".join(launch_config.node_command(Path("/lib/ovseg_node"), {}, share))
+    assert launch_config.node_parameters({"use_sim_time": "false"}, share)[1]["use_sim_time"] is False
+    assert launch_config.node_parameters({"use_sim_time": "true"}, share)[1]["use_sim_time"] is True
 
 
 def test_rviz_argument_opens_the_shipped_layout():

@@ -1,0 +1,149 @@
+"""The real ``ros2`` command line from tests: ``ros2 launch`` as a process group, verbs with retries."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from lifecycle_msgs.srv import GetState
+
+from ovseg_ros.harness import Peer
+
+#: launch's SIGINT -> SIGTERM escalation: the node can need more than the default 5 s here.
+SIGTERM_TIMEOUT_ARG = "sigterm_timeout:=30"
+#: How long ``ros2 launch`` may take to end after one SIGINT (node shutdown included).
+LAUNCH_STOP_TIMEOUT_S = 30.0
+
+
+class LaunchProcess:
+    """A ``ros2 launch ...`` command line in a session of its own, its output in ``log_path``.
+
+    Its process group holds the launch process and everything it starts, so :meth:`stop`
+    can tell whether anything outlived it and kill what did.
+    """
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        assert argv[:2] == ["ros2", "launch"], argv
+        self.argv = argv
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.group = self.process.pid
+
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        """Wait for ``ros2 launch`` to end by itself; its exit code."""
+        return self.process.wait(timeout)
+
+    def stop(self) -> tuple[int | None, list[str]]:
+        """SIGINT to the launch process, as Ctrl-C; then SIGKILL to whatever is left of the group.
+
+        Returns launch's exit code (None if it did not end within LAUNCH_STOP_TIMEOUT_S) and
+        the command lines that were still running in its group after launch ended.
+        """
+        returncode = self.process.poll()
+        if returncode is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                returncode = self.process.wait(LAUNCH_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                returncode = None
+        left = group_members(self.group)
+        kill_group(self.group)
+        self.process.wait()
+        self._log.close()
+        return returncode, left
+
+
+def group_members(group: int) -> list[str]:
+    """Command lines of the live processes in process group ``group`` (from /proc)."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            # fields after the parenthesised command: state, ppid, pgrp
+            state, _, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+            if int(pgrp) == group and state != "Z":
+                members.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip())
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+    return members
+
+
+def kill_group(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def ros2(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run ``ros2 ARGS...``; its result (stdout and stderr as text)."""
+    return subprocess.run(["ros2", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def shell(command: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run one command line exactly as written (quotes, comments), as a user's shell would."""
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=timeout)
+
+
+def param_get(node: str, name: str, attempts: int = 4) -> str:
+    """``ros2 param get`` value text (e.g. ``String value is: cpu``). Retried: here its first
+    call after a node came up sometimes gets no answer (../shared/ros2/README.md, known limits)."""
+    outputs = []
+    for _ in range(attempts):
+        try:
+            result = ros2("param", "get", "--no-daemon", "--spin-time", "5", "--timeout", "20", node, name, timeout=60.0)
+        except subprocess.TimeoutExpired:
+            outputs.append("(no answer in 60 s)")
+            continue
+        if result.returncode == 0 and "value is:" in result.stdout:
+            return result.stdout.strip()
+        outputs.append((result.stdout + result.stderr).strip())
+    raise AssertionError(f"ros2 param get {node} {name}: {outputs}")
+
+
+def lifecycle_state(peer: Peer, node: str, timeout: float) -> str:
+    """The node's lifecycle state label (``active``...) from its ``get_state`` service."""
+    client = peer.node.create_client(GetState, f"{node}/get_state")
+    try:
+        return peer.call(client, GetState.Request(), timeout=timeout).current_state.label
+    finally:
+        peer.node.destroy_client(client)
+
+
+def wait_until_active(peer: Peer, launch: LaunchProcess, node: str, timeout: float) -> None:
+    """Wait for ``node`` to reach the active state, failing early if ``ros2 launch`` ends."""
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline and launch.process.poll() is None:
+        try:
+            state = lifecycle_state(peer, node, timeout=min(10.0, max(1.0, deadline - time.monotonic())))
+        except TimeoutError:
+            continue
+        if state == "active":
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{node} not active (last state {state}, launch exit code {launch.process.poll()}):\n{launch.log_text()[-3000:]}")
+
+
+def show_args(text: str) -> dict[str, tuple[str, str]]:
+    """``ros2 launch ... --show-args`` output as {argument: (description, default)}."""
+    entries = re.findall(r"^    '([^']+)':\n((?:        .*\n)+)", text, flags=re.MULTILINE)
+    parsed = {}
+    for name, body in entries:
+        lines = [line.strip() for line in body.splitlines()]
+        default = re.fullmatch(r"\(default: '(.*)'\)", lines[-1])
+        parsed[name] = (" ".join(lines[:-1]) if default else " ".join(lines), default.group(1) if default else None)
+    return parsed
