@@ -84,7 +84,7 @@ class Numpy1Pickler(pickle._Pickler):
     """Writes numpy scalars under numpy 1's module name, as files saved before numpy 2 have them."""
 
     def save_global(self, obj, name=None):
-        if obj is np._core.multiarray.scalar:
+        if obj is np.int64(0).__reduce__()[0]:  # numpy's scalar constructor
             self.write(pickle.GLOBAL + b"numpy.core.multiarray\nscalar\n")
             self.memoize(obj)
         else:

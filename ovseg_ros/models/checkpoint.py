@@ -32,11 +32,12 @@ class CheckpointError(RuntimeError):
 
 _NUMPY_SCALAR_TYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
                        np.float16, np.float32, np.float64, np.complex64, np.complex128)
+_numpy_scalar = np.int64(0).__reduce__()[0]  # numpy's scalar constructor, whatever its module
 #: What ``weights_only`` loading may build beyond tensors: numpy scalars, under their numpy 2
 #: and numpy 1 (``numpy.core``) names, and the dtypes they carry. No callable that runs code.
 SAFE_NUMPY_GLOBALS = [
-    np._core.multiarray.scalar,
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    (_numpy_scalar, "numpy._core.multiarray.scalar"),
+    (_numpy_scalar, "numpy.core.multiarray.scalar"),
     np.dtype,
     *(type(np.dtype(scalar)) for scalar in _NUMPY_SCALAR_TYPES),
 ]
