@@ -1,6 +1,7 @@
 """Bag in, bag out: the demo pipeline on a real rosbag2 file, read back with rosbags."""
 
 import numpy as np
+import pytest
 from rosbags.rosbag2 import Reader
 
 from ovseg_ros.harness import package_share
@@ -23,6 +24,7 @@ def test_sample_bag_is_a_real_rosbag2(tmp_path):
     assert not np.array_equal(messages[0].data, messages[2].data), "objects move between frames"
 
 
+@pytest.mark.usefixtures("ros2_tools")  # the node imports message_filters, vision_msgs, diagnostic_updater
 def test_demo_replays_a_bag_through_the_node_and_records_its_outputs(tmp_path, capsys):
     bag = write_sample_bag(tmp_path / "in", frames=6, rate_hz=2.0, height=120, width=160)
     out = tmp_path / "out"

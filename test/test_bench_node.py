@@ -1,10 +1,15 @@
 """The node benchmarks run end to end on a small model (figures are not asserted, only
 that every frame is accounted for and the measurements are sane)."""
 
+import pytest
+
 from ovseg_ros.tools.bench_node import NodeSession, measure_latency, measure_vocabulary_change, soak
 from ovseg_ros.vocabulary import load_class_list
 
 from node_settings import TEST_MODEL, answer_timeout
+
+# The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
+pytestmark = pytest.mark.usefixtures("ros2_tools")
 
 
 def test_latency_vocabulary_change_and_soak(tmp_path):

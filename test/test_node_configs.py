@@ -20,6 +20,9 @@ from ovseg_ros.srv import SetVocabulary
 
 from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout, resend_until
 
+# The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
+pytestmark = pytest.mark.usefixtures("ros2_tools")
+
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -68,6 +71,7 @@ def test_compressed_input_with_camera_info(tmp_path, peer):
         assert peer.wait_for(lambda: images.get_subscription_count() and calibration.get_subscription_count(), 10.0)
 
         corrupt = stamped(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"), 1)
+        calibration.publish(stamped(CameraInfo(width=160, height=120), 1))  # frames are processed with their own camera_info
         assert resend_until(images, corrupt, lambda: "cannot decode compressed image" in node.log_text(), peer)
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(synthetic_frame(2, 120, 160), cv2.COLOR_RGB2BGR))
         good = stamped(CompressedImage(format="jpeg", data=jpeg.tobytes()), 2)
