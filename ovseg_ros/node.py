@@ -16,18 +16,27 @@ Services:
     ~/set_vocabulary (ovseg_ros/SetVocabulary)      replace / add / remove classes at runtime
 
 The model loads on configure and frames are processed while active (``autostart`` does
-both at start-up). Every output carries the input image's header unchanged. Frames go to
-one inference worker thread through a latest-frame slot, so the executor never waits for
-the model and a slow model answers the newest frame rather than a backlog. Bad input is
-logged (throttled), counted in diagnostics and skipped; the node keeps serving.
+both at start-up); outputs are lifecycle publishers, so nothing is published while
+inactive, not even a frame that was in flight at deactivate. Configure-time parameters
+(model, device...) can be set while unconfigured: cleanup, set, configure switches them.
+Every output carries the input image's header unchanged. Frames go to one inference worker
+thread through a latest-frame slot, so the executor never waits for the model and a slow
+model answers the newest frame rather than a backlog. Vocabulary changes are encoded on a
+worker of their own, one at a time, never on an executor thread. Bad input is logged
+(throttled), counted in diagnostics and skipped; the node keeps serving. SIGINT or SIGTERM
+starts one orderly shutdown; more of them during it change nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import threading
 import time
+from concurrent import futures
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import rclpy
@@ -42,6 +51,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import LabelInfo, VisionClass
 
@@ -49,14 +59,14 @@ from ovseg_ros.image_codec import ImageError, decode_compressed, decode_image, e
 from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import CheckpointError, file_digest
 from ovseg_ros.msg import ClassMap, SegmentationInfo
-from ovseg_ros.parameters import PARAMETERS
+from ovseg_ros.parameters import PARAMETERS, PARAMETERS_BY_NAME
 from ovseg_ros.rendering import colorize, confidence_image, overlay, palette
 from ovseg_ros.segmenter import Segmentation, Segmenter, Vocabulary
 from ovseg_ros.smoothing import TemporalSmoother
 from ovseg_ros.srv import SetVocabulary
 from ovseg_ros.topic_names import mask_topic_names
 from ovseg_ros.vocabulary import TextEmbeddingCache, VocabularyError, default_cache_dir, edit_vocabulary, validate_class_names
-from ovseg_ros.worker import FrameStats, LatestFrameSlot
+from ovseg_ros.worker import REFUSED, REPLACED, FrameStats, LatestFrameSlot, SerialWorker
 
 # Outputs are reliable (rviz and recorders default to reliable) with a short history:
 # a late frame is worth less than the next one.
@@ -67,6 +77,17 @@ LOG_THROTTLE_S = 5.0
 # Frames (and camera_infos) that wait for their partner, as in image_transport's CameraSubscriber.
 CAMERA_INFO_SYNC_QUEUE = 10
 DIAGNOSTICS_PERIOD_S = 1.0
+INFERENCE_THREAD_NAME = "ovseg-inference"
+# Cleanup waits this long for the frame in flight; while the worker is still alive after
+# that, configure refuses (two workers would share the slot and the model).
+WORKER_JOIN_TIMEOUT_S = 60.0
+# At process shutdown a frame in flight is not worth outliving launch's SIGINT -> SIGTERM 5 s.
+SHUTDOWN_JOIN_TIMEOUT_S = 2.0
+# Test-only: seconds added to each frame's inference (as if the model were slower), so tests
+# can fire transitions while a frame is in flight. Unset in normal use.
+TEST_FRAME_DELAY_S = float(os.environ.get("OVSEG_TEST_FRAME_DELAY_S") or 0.0)
+
+CONFIGURE_TIME_NOTE = "Read on configure; settable only while the node is unconfigured (lifecycle cleanup, set, configure)."
 
 _PARAMETER_TYPES = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -75,6 +96,13 @@ _PARAMETER_TYPES = {
     str: ParameterType.PARAMETER_STRING,
     list: ParameterType.PARAMETER_STRING_ARRAY,
 }
+
+
+class QueuedFrame(NamedTuple):
+    msg: Image | CompressedImage
+    received: float  # time.perf_counter() on arrival
+    camera_info: CameraInfo | None
+    activation: int  # OvsegNode._activation on arrival: published only within the same one
 
 
 @dataclass
@@ -125,7 +153,7 @@ class OvsegNode(LifecycleNode):
         super().__init__("ovseg", **kwargs)
         self._declare_parameters()
         self._stats = FrameStats()
-        self._frames: LatestFrameSlot[tuple[object, float]] = LatestFrameSlot()
+        self._frames: LatestFrameSlot[QueuedFrame] = LatestFrameSlot()
         self._segmenter: Segmenter | None = None
         self._smoother: TemporalSmoother | None = None
         self._classes: ClassState | None = None
@@ -138,8 +166,17 @@ class OvsegNode(LifecycleNode):
         self._configure_error: str | None = None
         self._last_frame_error = ""
         self._last_frame_error_at = -float("inf")  # time.monotonic() of it
-        self._vocabulary_lock = threading.Lock()  # serialises vocabulary changes
-        self._mask_lock = threading.Lock()  # mask publishers are not destroyed mid-publish
+        # Held to publish, to create or destroy publishers, to change the class state and to
+        # (de)activate: so nothing is published by a publisher being destroyed, nor while inactive.
+        self._output_lock = threading.RLock()
+        self._activation = 0  # bumped on activate, deactivate and release
+        self._configuration = 0  # bumped on configure and release: a slower vocabulary change then fails
+        self._vocabulary_version = 0  # over the node's life: a version never names two class lists
+        self._unconfigured = True  # configure-time parameters can be set only then
+        self.finalized = False  # True after the shutdown transition
+        # One vocabulary change at a time, encoded off the executor threads.
+        self._vocabulary_worker = SerialWorker("ovseg-vocabulary")
+        self._shutting_down: futures.Future = futures.Future()  # done on shutdown: waiting callbacks answer
 
         self._diagnostics = Updater(self, period=DIAGNOSTICS_PERIOD_S)
         self._diagnostics.setHardwareID("none")
@@ -151,12 +188,18 @@ class OvsegNode(LifecycleNode):
         # Text encoding for a new vocabulary must not hold up image callbacks.
         self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary, callback_group=MutuallyExclusiveCallbackGroup())
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
 
     def _declare_parameters(self) -> None:
         for spec in PARAMETERS:
+            # Not ROS read_only (which refuses every set, so a lifecycle manager could not switch
+            # model or device): configure-time parameters are refused by _on_set_parameters
+            # unless the node is unconfigured.
             descriptor = ParameterDescriptor(
-                description=spec.description + (f" One of: {', '.join(spec.choices)}." if spec.choices else ""),
-                read_only=spec.read_only,
+                description=spec.description
+                + (f" One of: {', '.join(spec.choices)}." if spec.choices else "")
+                + (f" {CONFIGURE_TIME_NOTE}" if spec.read_only else ""),
+                additional_constraints=CONFIGURE_TIME_NOTE if spec.read_only else "",
                 type=_PARAMETER_TYPES[type(spec.default)],
             )
             if isinstance(spec.default, float) and spec.min_value is not None:
@@ -173,59 +216,102 @@ class OvsegNode(LifecycleNode):
     # -- lifecycle --------------------------------------------------------------------
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._worker is not None and self._worker.is_alive():
+            self._configure_error = f"the inference worker of the previous configuration has not stopped yet (its frame took over {WORKER_JOIN_TIMEOUT_S:.0f} s)"
+            self.get_logger().error(f"configure refused: {self._configure_error}; clean up and configure again later")
+            return TransitionCallbackReturn.FAILURE
+        self._unconfigured = False
         try:
-            self._segmenter = self._build_segmenter()
-            vocabulary = self._segmenter.encode_vocabulary(self._param("vocabulary"), version=1)
-            self.get_logger().info(f"warm-up frame: {self._segmenter.warm_up(vocabulary):.0f} ms")
+            segmenter = self._build_segmenter()
+            vocabulary = segmenter.encode_vocabulary(self._param("vocabulary"))
+            self.get_logger().info(f"warm-up frame: {segmenter.warm_up(vocabulary):.0f} ms")
         except (CheckpointError, VocabularyError, ValueError, OSError, RuntimeError) as exc:
             self._configure_error = f"{type(exc).__name__}: {exc}"
-            self._segmenter = None
+            self._unconfigured = True
             self.get_logger().error(f"configure failed, the node stays unconfigured: {self._configure_error}")
             return TransitionCallbackReturn.FAILURE
         self._configure_error = None
-        self._smoother = self._build_smoother()
-        self._create_entities()
-        self._install_classes(vocabulary)
-        self._frames = LatestFrameSlot()
+        self._frames = LatestFrameSlot()  # before the image subscription exists
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._run_worker, name="ovseg-inference", daemon=True)
+        with self._output_lock:
+            self._configuration += 1
+            self._segmenter = segmenter
+            self._smoother = self._build_smoother()
+            self._create_entities()
+            self._install_classes(vocabulary)
+        self._worker = threading.Thread(target=self._run_worker, args=(self._frames, self._stop), name=INFERENCE_THREAD_NAME, daemon=True)
         self._worker.start()
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = True
+        with self._output_lock:
+            super().on_activate(state)  # enables the lifecycle publishers
+            self._activation += 1
+            self._active = True
+            self._publish_class_map()  # a change made while inactive was not published
         self.get_logger().info("active: segmenting frames")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
+        with self._output_lock:  # waits for a frame being published
+            self._active = False
+            self._activation += 1  # the frame in flight is not published
+            super().on_deactivate(state)
+            if self._frames.discard():
+                self._stats.frame_ignored()
         self.get_logger().info("inactive: frames are ignored")
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
+        self._release(WORKER_JOIN_TIMEOUT_S)
+        self._unconfigured = True
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
+        self.begin_shutdown()
+        self._release(SHUTDOWN_JOIN_TIMEOUT_S)
+        self.finalized = True
         return TransitionCallbackReturn.SUCCESS
 
-    def _release(self) -> None:
-        """Stop the worker, destroy the configure-time entities, free the model."""
-        self._active = False
-        self._stop.set()
-        self._frames.close()
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition callback raised: release what it made; the node goes back to unconfigured."""
+        self.get_logger().error(f"a transition from {state.label} failed with an exception; releasing everything, back to unconfigured")
+        self._release(WORKER_JOIN_TIMEOUT_S)
+        self._unconfigured = True
+        return TransitionCallbackReturn.SUCCESS
+
+    def begin_shutdown(self) -> None:
+        """Refuse vocabulary changes from now on; a callback waiting for one answers at once."""
+        self._unconfigured = False
+        self._vocabulary_worker.close()
+        try:
+            self._shutting_down.set_result(True)
+        except futures.InvalidStateError:  # begun already
+            pass
+
+    def _release(self, join_timeout: float) -> None:
+        """Stop the worker (waiting up to ``join_timeout`` s), destroy the configure-time entities, free the model."""
+        with self._output_lock:
+            self._active = False
+            self._activation += 1
+            self._configuration += 1
+            self._stop.set()
+            if self._frames.close():
+                self._stats.frame_ignored()
         if self._worker is not None:
-            self._worker.join(timeout=10.0)
-            self._worker = None
-        with self._mask_lock:
+            self._worker.join(join_timeout)
+            if self._worker.is_alive():
+                self.get_logger().error(f"the inference worker did not stop within {join_timeout:.0f} s; configure is refused until it has")
+            else:
+                self._worker = None
+        with self._output_lock:
             for entity in self._entities + list(self._classes.mask_publishers.values() if self._classes else []):
                 if hasattr(entity, "publish"):
-                    self.destroy_publisher(entity)
+                    self.destroy_lifecycle_publisher(entity)
                 else:
                     self.destroy_subscription(entity)
             self._entities, self._classes = [], None
-        self._segmenter = self._smoother = None
+            self._segmenter = self._smoother = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -271,7 +357,7 @@ class OvsegNode(LifecycleNode):
 
     def _create_entities(self) -> None:
         def publisher(msg_type, topic, qos=OUTPUT_QOS):
-            entity = self.create_publisher(msg_type, topic, qos)
+            entity = self.create_lifecycle_publisher(msg_type, topic, qos)  # silent unless active
             self._entities.append(entity)
             return entity
 
@@ -307,9 +393,12 @@ class OvsegNode(LifecycleNode):
     # -- callbacks (executor threads: short, never wait for the model) ----------------
 
     def _on_image(self, msg: Image | CompressedImage, camera_info: CameraInfo | None = None) -> None:
-        if self._active:
-            self._stats.frame_received()
-            self._frames.put((msg, time.perf_counter(), camera_info))
+        self._stats.frame_received()
+        outcome = self._frames.put(QueuedFrame(msg, time.perf_counter(), camera_info, self._activation)) if self._active else REFUSED
+        if outcome == REPLACED:
+            self._stats.frame_dropped()
+        elif outcome == REFUSED:
+            self._stats.frame_ignored()
 
     def _on_image_to_pair(self, msg: Image | CompressedImage) -> None:
         if self._unpaired_frames.arrived(msg, self._active):
@@ -323,72 +412,128 @@ class OvsegNode(LifecycleNode):
 
     def _on_set_vocabulary(self, request: SetVocabulary.Request, response: SetVocabulary.Response) -> SetVocabulary.Response:
         try:
-            vocabulary = self._change_vocabulary(lambda names: edit_vocabulary(names, list(request.labels), request.mode))
+            change = self._submit_vocabulary_change(lambda names: edit_vocabulary(names, list(request.labels), request.mode))
+            futures.wait([change, self._shutting_down], return_when=futures.FIRST_COMPLETED)
+            if not change.done() or change.cancelled():
+                raise VocabularyError("the node is shutting down")
+            vocabulary = change.result()
+            # Keep the parameter in sync (same names: the change it posts does nothing).
+            self.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, list(vocabulary.names))])
         except VocabularyError as exc:
             response.success, response.message = False, str(exc)
             self.get_logger().warning(f"set_vocabulary refused: {exc}")
+        except Exception as exc:  # answer, never raise out of a callback: that would end spin()
+            response.success, response.message = False, f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"set_vocabulary failed: {response.message}")
         else:
             response.success, response.message = True, f"vocabulary v{vocabulary.version}: {len(vocabulary.names)} classes"
-            # Keep the parameter in sync (same names: _on_set_parameters accepts without re-encoding).
-            self.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, list(vocabulary.names))])
-        current = self._classes.vocabulary if self._classes else None
+        classes = self._classes
+        current = classes.vocabulary if classes else None
         response.class_names = list(current.names) if current else list(self._param("vocabulary"))
         response.vocabulary_version = current.version if current else 0
         return response
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate only (one refusal refuses the whole set); _on_parameters_set applies."""
+        segmenter = self._segmenter
         for param in params:
+            spec = PARAMETERS_BY_NAME.get(param.name)
+            if spec is None:  # use_sim_time, qos_overrides...: rclpy's own
+                continue
+            if spec.read_only and not self._unconfigured:
+                return SetParametersResult(successful=False, reason=f"{param.name} is read on configure: set it while the node is unconfigured (lifecycle cleanup, set, configure)")
+            if spec.choices and param.value not in spec.choices:
+                return SetParametersResult(successful=False, reason=f"{param.name} must be one of {', '.join(spec.choices)}, not {param.value!r}")
             if param.name == "vocabulary":
                 try:
-                    names = validate_class_names(list(param.value))
-                    current = self._classes.vocabulary.names if self._classes else ()
-                    if self._segmenter is not None and tuple(names) != current:
-                        self._change_vocabulary(lambda _current, names=names: names)
+                    validate_class_names(list(param.value))
                 except VocabularyError as exc:
                     return SetParametersResult(successful=False, reason=str(exc))
-            elif param.name == "cer_topk" and param.value and self._segmenter is not None and not hasattr(self._segmenter.model, "cer_topk"):
+            elif param.name == "cer_topk" and param.value and segmenter is not None and not hasattr(segmenter.model, "cer_topk"):
                 return SetParametersResult(successful=False, reason=f"{self._param('model')} has no category early rejection")
-        for param in params:
-            self._apply_runtime_parameter(param)
         return SetParametersResult(successful=True)
 
+    def _on_parameters_set(self, params: list[Parameter]) -> None:
+        """Apply accepted parameters: runtime ones at once, a vocabulary on the vocabulary worker
+        (it is encoded there, so the parameter services, lifecycle and diagnostics never wait)."""
+        for param in params:
+            if param.name == "vocabulary" and self._segmenter is not None:  # else configure reads it
+                names = list(param.value)
+                try:
+                    self._submit_vocabulary_change(lambda _current: names).add_done_callback(self._vocabulary_parameter_applied)
+                except VocabularyError:  # shutting down
+                    pass
+            else:
+                self._apply_runtime_parameter(param)
+
+    def _vocabulary_parameter_applied(self, change: futures.Future) -> None:
+        if not change.cancelled() and change.exception() is not None:
+            self.get_logger().error(f"vocabulary parameter not applied, the classes stay as they were: {change.exception()}")
+
     def _apply_runtime_parameter(self, param: Parameter) -> None:
-        """Parameters that take effect at once (read-only ones apply on configure)."""
-        if self._segmenter is None:
+        """Parameters that take effect at once (configure-time ones apply on configure)."""
+        segmenter, smoother = self._segmenter, self._smoother
+        if segmenter is None or smoother is None:
             return
         if param.name == "min_score":
-            self._segmenter.min_score = param.value
-        elif param.name == "cer_topk" and hasattr(self._segmenter.model, "cer_topk"):
-            self._segmenter.model.cer_topk = param.value or None
+            segmenter.min_score = param.value
+        elif param.name == "cer_topk" and hasattr(segmenter.model, "cer_topk"):
+            segmenter.model.cer_topk = param.value or None
         elif param.name == "smoothing_strength":
-            self._smoother.strength = param.value
+            smoother.strength = param.value
         elif param.name == "smoothing_max_gap_s":
-            self._smoother.max_gap_s = param.value
+            smoother.max_gap_s = param.value
+
+    def _submit_vocabulary_change(self, edit) -> futures.Future:
+        try:
+            return self._vocabulary_worker.submit(self._change_vocabulary, edit)
+        except RuntimeError:  # closed
+            raise VocabularyError("the node is shutting down") from None
 
     def _change_vocabulary(self, edit) -> Vocabulary:
-        """Encode the edited vocabulary and swap it in; a frame in flight keeps the old one."""
-        with self._vocabulary_lock:
-            if self._segmenter is None or self._classes is None:
-                raise VocabularyError(f"the node is not configured{': ' + self._configure_error if self._configure_error else ''}")
-            names = edit(list(self._classes.vocabulary.names))
-            try:
-                vocabulary = self._segmenter.encode_vocabulary(names, version=self._classes.vocabulary.version + 1)
-            except torch.cuda.OutOfMemoryError as exc:
-                raise VocabularyError(f"out of GPU memory encoding {len(names)} classes: {exc}") from exc
-            self._install_classes(vocabulary)
+        """Encode the edited vocabulary and swap it in; a frame in flight keeps the old one.
+
+        Runs on the vocabulary worker, one change at a time. The encoding holds no lock, so
+        frames, diagnostics and transitions go on meanwhile; a cleanup or shutdown during it
+        makes the change fail rather than install classes on a released node.
+        """
+        with self._output_lock:
+            segmenter, classes, configuration = self._segmenter, self._classes, self._configuration
+        if segmenter is None or classes is None:
+            raise VocabularyError(f"the node is not configured{': ' + self._configure_error if self._configure_error else ''}")
+        names = validate_class_names(edit(list(classes.vocabulary.names)))
+        if tuple(names) == classes.vocabulary.names:
+            return classes.vocabulary
+        try:
+            vocabulary = segmenter.encode_vocabulary(names)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise VocabularyError(f"out of GPU memory encoding {len(names)} classes: {exc}") from exc
+        with self._output_lock:
+            if self._configuration != configuration:
+                raise VocabularyError("the node was cleaned up or shut down while the vocabulary was encoded: not applied")
+            vocabulary = self._install_classes(vocabulary)
         self.get_logger().info(f"vocabulary v{vocabulary.version}: {', '.join(vocabulary.names)}")
         return vocabulary
 
-    def _install_classes(self, vocabulary: Vocabulary) -> None:
-        """Swap in the class state of ``vocabulary``: palette, mask topics, class map."""
+    def _install_classes(self, vocabulary: Vocabulary) -> Vocabulary:
+        """Swap in the class state of ``vocabulary`` under the next version: palette, mask topics, class map."""
         topics = mask_topic_names(list(vocabulary.names))
-        with self._mask_lock:
+        with self._output_lock:
+            self._vocabulary_version += 1
+            vocabulary = dataclasses.replace(vocabulary, version=self._vocabulary_version)
             old = self._classes.mask_publishers if self._classes else {}
-            publishers = {topic: old.pop(topic, None) or self.create_publisher(Image, f"segmentation/masks/{topic}", OUTPUT_QOS) for topic in topics}
+            publishers = {topic: old.pop(topic, None) or self._mask_publisher(topic) for topic in topics}
             for stale in old.values():
-                self.destroy_publisher(stale)
+                self.destroy_lifecycle_publisher(stale)
             self._classes = ClassState(vocabulary, palette(list(vocabulary.names), self._param("palette")), topics, publishers)
-        self._publish_class_map()
+            self._publish_class_map()
+        return vocabulary
+
+    def _mask_publisher(self, topic: str):
+        publisher = self.create_lifecycle_publisher(Image, f"segmentation/masks/{topic}", OUTPUT_QOS)
+        if self._active:  # the others were enabled by on_activate
+            publisher.on_activate(None)
+        return publisher
 
     def _publish_class_map(self) -> None:
         classes = self._classes
@@ -406,18 +551,21 @@ class OvsegNode(LifecycleNode):
 
     # -- inference worker -----------------------------------------------------------
 
-    def _run_worker(self) -> None:
-        last_start = 0.0
-        while not self._stop.is_set():
+    def _run_worker(self, frames: LatestFrameSlot[QueuedFrame], stop: threading.Event) -> None:
+        """The inference loop of one configuration: its own slot and stop event, so it can never
+        take the frames of the next one."""
+        last_start = -float("inf")
+        while not stop.is_set():
             max_rate = self._param("max_rate_hz")
-            if max_rate > 0:  # wait first, so the frame taken is the newest
-                time.sleep(max(0.0, last_start + 1.0 / max_rate - time.perf_counter()))
-            item = self._frames.take(timeout=0.5)
-            if item is None:
+            # Wait first, so the frame taken is the newest; a stop ends the wait.
+            if max_rate > 0 and stop.wait(max(0.0, last_start + 1.0 / max_rate - time.perf_counter())):
+                break
+            frame = frames.take(timeout=0.5)
+            if frame is None:
                 continue
             last_start = time.perf_counter()
             try:
-                self._process(*item)
+                self._process(frame, stop)
             except ImageError as exc:
                 self._frame_failed(f"bad image: {exc}")
             except torch.cuda.OutOfMemoryError as exc:
@@ -436,25 +584,33 @@ class OvsegNode(LifecycleNode):
             return decode_compressed(msg.format, bytes(msg.data))
         return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
 
-    def _process(self, msg: Image | CompressedImage, received: float, camera_info: CameraInfo | None) -> None:
-        queue_ms = (time.perf_counter() - received) * 1000.0
+    def _process(self, frame: QueuedFrame, stop: threading.Event) -> None:
+        msg = frame.msg
+        queue_ms = (time.perf_counter() - frame.received) * 1000.0
         start = time.perf_counter()
         rgb = self._decode(msg)
         decode_ms = (time.perf_counter() - start) * 1000.0
         classes, smoother, segmenter = self._classes, self._smoother, self._segmenter  # one state per frame
         if classes is None or segmenter is None:
+            self._stats.frame_ignored()
             return
         vocabulary = classes.vocabulary
         stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         result = segmenter.segment(rgb, vocabulary, lambda scores: smoother.update(scores, rgb, stamp_s, vocabulary.version))
         if smoother.last_reset_reason and smoother.mode != "off":
             self.get_logger().info(f"temporal smoothing restarted: {smoother.last_reset_reason}", throttle_duration_sec=LOG_THROTTLE_S)
+        if TEST_FRAME_DELAY_S:
+            stop.wait(TEST_FRAME_DELAY_S)
 
-        start = time.perf_counter()
-        self._publish_images(msg.header, rgb, result, classes, camera_info)
-        publish_ms = (time.perf_counter() - start) * 1000.0
-        info = self._info_msg(msg.header, result, queue_ms, decode_ms, publish_ms)
-        self._info_pub.publish(info)
+        with self._output_lock:
+            if stop.is_set() or frame.activation != self._activation:
+                self._stats.frame_ignored()  # deactivated (or released) while in flight: publish nothing
+                return
+            start = time.perf_counter()
+            self._publish_images(msg.header, rgb, result, classes, frame.camera_info)
+            publish_ms = (time.perf_counter() - start) * 1000.0
+            info = self._info_msg(msg.header, result, queue_ms, decode_ms, publish_ms)
+            self._info_pub.publish(info)
         self._stats.frame_processed(info.end_to_end_ms)
 
     def _publish_images(self, header, rgb: np.ndarray, result: Segmentation, classes: ClassState, camera_info: CameraInfo | None) -> None:
@@ -475,7 +631,7 @@ class OvsegNode(LifecycleNode):
         if wanted(self._confidence_pub, "publish_confidence"):
             self._confidence_pub.publish(_image_msg(header, confidence_image(result.confidence)))
         if self._param("publish_masks"):
-            with self._mask_lock:
+            with self._output_lock:
                 if classes is self._classes:  # publishers of a replaced vocabulary may be gone
                     for class_id, topic in enumerate(classes.mask_topics):
                         publisher = classes.mask_publishers[topic]
@@ -533,10 +689,9 @@ class OvsegNode(LifecycleNode):
             "vocabulary_version": classes.vocabulary.version if classes else 0,
             "input_rate_hz": f"{stats['input_hz']:.2f}",
             "processed_rate_hz": f"{stats['processed_hz']:.2f}",
-            "frames_received": self._frames.received,
-            "frames_processed": self._stats.processed,
-            "frames_dropped": self._frames.dropped,
-            "frames_failed": self._stats.failed,
+            # Over the node's life: received = processed + dropped + failed + ignored + in_flight.
+            **{f"frames_{outcome}": count for outcome, count in self._stats.counts().items()},
+            "inference_threads": sum(thread.name == INFERENCE_THREAD_NAME for thread in threading.enumerate()),
             "frames_unsynchronized": self._unpaired_frames.count,
             "last_frame_error": self._last_frame_error,
             "latency_p50_ms": f"{stats['latency_p50_ms']:.1f}",
@@ -564,20 +719,50 @@ def _image_msg(header, pixels: np.ndarray) -> Image:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
+    """Run the node until SIGINT or SIGTERM, then shut it down in order; 0 unless the executor failed.
+
+    Ctrl-C signals the whole process group and launch follows SIGINT with SIGTERM, so more
+    signals can come while the node shuts down. The first one only writes Python's wake-up
+    byte, which the main thread waits for; it then shuts down in order and ignores both
+    signals. (rclpy's own handlers would raise KeyboardInterrupt wherever the main thread
+    is, even in the clean-up.)
+    """
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)  # written in whichever thread the signal lands
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = OvsegNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
         if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             node.trigger_activate()
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        failures = []
+
+        def spin() -> None:
+            try:
+                executor.spin()
+            except ExternalShutdownException:
+                pass
+            except Exception as exc:  # a callback raised: report it and stop
+                failures.append(exc)
+                node.get_logger().fatal(f"executor stopped: {type(exc).__name__}: {exc}")
+            finally:
+                os.write(wake_write, b"\0")
+
+        threading.Thread(target=spin, name="ovseg-executor", daemon=True).start()
+        wake = os.read(wake_read, 1)[0]
+        # Ignored from now on, also once Python's own handlers are gone at interpreter exit.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+        node.get_logger().info(f"{signal.Signals(wake).name if wake else 'executor stopped'}: shutting down")
+        node.begin_shutdown()  # a callback waiting for a vocabulary change answers now
+        executor.shutdown(wait_for_threads=True)  # the callbacks running finish, answers go out
+        if not node.finalized:  # else a lifecycle manager shut it down already
+            node.trigger_shutdown()
+        node.destroy_node()
     finally:
-        if node is not None:
-            node._release()
-            node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return 1 if failures else 0

@@ -14,7 +14,9 @@ class ParameterSpec:
     name: str
     default: object
     description: str
-    read_only: bool = False  # True: takes effect on configure (restart or lifecycle cleanup + configure)
+    # True: read on configure, so settable only while the node is unconfigured (lifecycle
+    # cleanup, set, configure switches it without a restart); the node refuses it otherwise.
+    read_only: bool = False
     min_value: float | None = None
     max_value: float | None = None
     choices: tuple[str, ...] = ()

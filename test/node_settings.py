@@ -23,3 +23,53 @@ def resend_until(publisher, msg, condition, peer, timeout: float = 20.0) -> bool
         if peer.wait_for(condition, 1.0):
             return True
     return False
+
+
+def latest_diagnostics(recording, name: str = "ovseg: segmentation"):
+    """The node's newest diagnostic status in ``recording`` and its values ({} before the first)."""
+    for array in reversed(recording.decoded()):
+        for status in array.status:
+            if status.name == name:
+                return status, {kv.key: kv.value for kv in status.values}
+    return None, {}
+
+
+FRAME_COUNTERS = ("received", "processed", "dropped", "failed", "ignored", "in_flight")
+
+
+def fresh_counters(peer, recording, timeout: float = 10.0) -> dict[str, int]:
+    """The frame counters and inference thread count of the first diagnostics published from now on."""
+    seen = len(recording.messages)
+    assert peer.wait_for(lambda: len(recording.messages) > seen and latest_diagnostics(recording)[1], timeout), "no diagnostics"
+    values = latest_diagnostics(recording)[1]
+    return {**{name: int(values[f"frames_{name}"]) for name in FRAME_COUNTERS}, "inference_threads": int(values["inference_threads"])}
+
+
+def counters_add_up(counters: dict[str, int]) -> bool:
+    """received = processed + dropped + failed + ignored + in_flight."""
+    return counters["received"] == sum(counters[name] for name in FRAME_COUNTERS[1:])
+
+
+class Lifecycle:
+    """The lifecycle services of the node at ``node_path`` (e.g. /ns/ovseg), called from ``peer``."""
+
+    def __init__(self, peer, node_path: str) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self._peer = peer
+        self._change = peer.node.create_client(ChangeState, f"{node_path}/change_state")
+        self._get = peer.node.create_client(GetState, f"{node_path}/get_state")
+
+    def change(self, transition: str, timeout: float = NODE_READY_TIMEOUT_S) -> bool:
+        """Trigger ``transition`` (configure, activate, deactivate, cleanup, shutdown); True on success."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        transition_id = getattr(Transition, f"TRANSITION_{transition.upper()}")
+        return self._peer.call(self._change, ChangeState.Request(transition=Transition(id=transition_id)), timeout).success
+
+    def state(self, timeout: float = 30.0) -> str:
+        """unconfigured, inactive, active or finalized."""
+        from lifecycle_msgs.srv import GetState
+
+        return self._peer.call(self._get, GetState.Request(), timeout).current_state.label

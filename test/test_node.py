@@ -23,7 +23,10 @@ from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout, resend_until
+from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout, latest_diagnostics, resend_until
+
+# The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
+pytestmark = pytest.mark.usefixtures("ros2_tools")
 
 NAMESPACE = "robot1"
 CAMERA_TOPIC = "/cam/front/image_raw"
@@ -246,6 +249,9 @@ def test_vocabulary_parameter_validates_and_applies(peer):
     assert not result.successful and "duplicates" in result.reason
     good = Parameter("vocabulary", Parameter.Type.STRING_ARRAY, ["cat", "dog"]).to_parameter_msg()
     assert peer.call(client, SetParameters.Request(parameters=[good])).results[0].successful
+    # Accepted at once, encoded after: the class map says when it is in effect.
+    class_map = peer.record(f"/{NAMESPACE}/segmentation/label_info", ClassMap, LATCHED)
+    assert peer.wait_for(lambda: class_map.messages and list(class_map.decoded()[-1].class_names) == ["cat", "dog"], 20.0)
     publisher = peer.node.create_publisher(Image, CAMERA_TOPIC, RELIABLE)
     assert list(send_and_wait(peer, publisher, image_msg(50)).class_names) == ["cat", "dog"]
     read_only = Parameter("model", Parameter.Type.STRING, "san_vit_b_16").to_parameter_msg()
@@ -256,15 +262,6 @@ def test_vocabulary_parameter_validates_and_applies(peer):
 @pytest.fixture(scope="module")
 def diagnostics(peer):
     return peer.record("/diagnostics", DiagnosticArray)
-
-
-def latest_diagnostics(recording) -> tuple[DiagnosticStatus | None, dict[str, str]]:
-    """The node's newest diagnostic status and its values ({} before the first)."""
-    for array in reversed(recording.decoded()):
-        for status in array.status:
-            if status.name == "ovseg: segmentation":
-                return status, {kv.key: kv.value for kv in status.values}
-    return None, {}
 
 
 def test_diagnostics_report_rates_drops_latency_and_model(peer, diagnostics):
