@@ -104,11 +104,11 @@ def param_get(node: str, name: str, attempts: int = 4) -> str:
     outputs = []
     for _ in range(attempts):
         try:
-            result = ros2("param", "get", "--no-daemon", "--spin-time", "5", "--timeout", "20", node, name, timeout=60.0)
+            result = ros2("param", "get", "--no-daemon", "--spin-time", "5", "--timeout", "10", node, name, timeout=40.0)
         except subprocess.TimeoutExpired:
-            outputs.append("(no answer in 60 s)")
+            outputs.append("(no answer in 40 s)")
             continue
-        if result.returncode == 0 and "value is:" in result.stdout:
+        if result.returncode == 0 and re.match(r"\w+ (value is|values are):", result.stdout):
             return result.stdout.strip()
         outputs.append((result.stdout + result.stderr).strip())
     raise AssertionError(f"ros2 param get {node} {name}: {outputs}")
