@@ -44,15 +44,22 @@ class LaunchProcess:
         """Wait for ``ros2 launch`` to end by itself; its exit code."""
         return self.process.wait(timeout)
 
-    def stop(self) -> tuple[int | None, list[str]]:
-        """SIGINT to the launch process, as Ctrl-C; then SIGKILL to whatever is left of the group.
+    def stop(self, how: str = "sigint") -> tuple[int | None, list[str]]:
+        """Stop ``ros2 launch``, then SIGKILL whatever is left of its group.
 
-        Returns launch's exit code (None if it did not end within LAUNCH_STOP_TIMEOUT_S) and
-        the command lines that were still running in its group after launch ended.
+        ``how``: "sigint" to the launch process, or "ctrl-c": SIGINT to the whole group, as a
+        terminal does, so the node gets one from the terminal and one from launch. (SIGTERM
+        makes launch exit at once and orphan its processes, by design.) Returns launch's exit code (None if it did
+        not end within LAUNCH_STOP_TIMEOUT_S) and the command lines still running in its
+        group after launch ended.
         """
         returncode = self.process.poll()
         if returncode is None:
-            self.process.send_signal(signal.SIGINT)
+            assert how in ("sigint", "ctrl-c"), how
+            if how == "ctrl-c":
+                os.killpg(self.group, signal.SIGINT)
+            else:
+                self.process.send_signal(signal.SIGINT)
             try:
                 returncode = self.process.wait(LAUNCH_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -62,6 +69,14 @@ class LaunchProcess:
         self.process.wait()
         self._log.close()
         return returncode, left
+
+    def check_stopped(self, how: str = "sigint") -> None:
+        """:meth:`stop`, asserting that launch and its node ended cleanly and left nothing."""
+        returncode, left = self.stop(how)
+        log = self.log_text()
+        assert returncode == 0, f"ros2 launch exit code {returncode} after {how}:\n{log[-3000:]}"
+        assert re.search(r"\[ovseg_node-\d+\]: process has finished cleanly", log), f"the node did not exit with 0 after {how}:\n{log[-3000:]}"
+        assert not left, f"left running after ros2 launch ended: {left}"
 
 
 def group_members(group: int) -> list[str]:
@@ -136,6 +151,21 @@ def wait_until_active(peer: Peer, launch: LaunchProcess, node: str, timeout: flo
             return
         time.sleep(0.5)
     raise AssertionError(f"{node} not active (last state {state}, launch exit code {launch.process.poll()}):\n{launch.log_text()[-3000:]}")
+
+
+def in_graph(peer: Peer, name: str, namespace: str) -> bool:
+    """Whether node ``name`` is in ``namespace``, waiting up to 10 s for the graph to show it."""
+    return peer.wait_for(lambda: (name, namespace) in peer.node.get_node_names_and_namespaces(), 10.0, poll=0.2)
+
+
+def subscriptions_of(peer: Peer, namespace: str, expected: str) -> set[str]:
+    """The topics the node ``ovseg`` in ``namespace`` subscribes to, once ``expected`` is
+    among them or 10 s have passed (the graph lags behind the node's state)."""
+    def topics():
+        return {topic for topic, _ in peer.node.get_subscriber_names_and_types_by_node("ovseg", namespace)}
+
+    peer.wait_for(lambda: expected in topics(), 10.0, poll=0.2)
+    return topics()
 
 
 def show_args(text: str) -> dict[str, tuple[str, str]]:

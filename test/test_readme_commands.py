@@ -20,7 +20,7 @@ from ovseg_ros.launch_config import LAUNCH_ARGUMENTS, bag_play_command
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 
 from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout
-from ros2_cli import SIGTERM_TIMEOUT_ARG, LaunchProcess, param_get, ros2, shell, show_args, wait_until_active
+from ros2_cli import LaunchProcess, in_graph, param_get, ros2, shell, show_args, subscriptions_of, wait_until_active
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 
@@ -31,8 +31,8 @@ BAG_PLAY = "ros2 bag play <bag> --clock"
 SET_VOCABULARY = 'ros2 service call /ovseg/set_vocabulary ovseg_ros/srv/SetVocabulary "{labels: [person, forklift, pallet], mode: 0}"  # 0 replace, 1 add, 2 remove'
 PARAM_SET = "ros2 param set /ovseg vocabulary \"[person, 'sofa, couch']\""
 #: What the README's launch line gets here: the small test model on the CPU (the default
-#: model is far too slow for a test), and time for the node to stop.
-TEST_LAUNCH_ARGUMENTS = [f"model:={TEST_MODEL}", "device:=cpu", SIGTERM_TIMEOUT_ARG]
+#: model is far too slow for a test).
+TEST_LAUNCH_ARGUMENTS = [f"model:={TEST_MODEL}", "device:=cpu"]
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -79,9 +79,7 @@ def launched(peer, tmp_path_factory):
         yield launch
     finally:
         ros2("daemon", "stop")
-        returncode, left = launch.stop()
-        assert returncode is not None, f"ros2 launch still running 30 s after SIGINT:\n{launch.log_text()[-3000:]}"
-        assert not left, f"left running after ros2 launch ended: {left}"
+        launch.check_stopped("ctrl-c")  # with launch's default SIGTERM / SIGKILL timeouts
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +98,8 @@ def latest_class_names(peer: Peer, class_maps, expected: list[str]) -> list[str]
 
 
 def test_launch_command_starts_the_node_on_that_image_topic(launched, peer):
-    assert ("ovseg", "/") in peer.node.get_node_names_and_namespaces()
-    assert "/camera/color/image_raw" in {topic for topic, _ in peer.node.get_subscriber_names_and_types_by_node("ovseg", "/")}
+    assert in_graph(peer, "ovseg", "/")
+    assert "/camera/color/image_raw" in subscriptions_of(peer, "/", "/camera/color/image_raw")
     assert param_get("/ovseg", "use_sim_time") == "Boolean value is: False"
     infos = peer.record("/segmentation/info", SegmentationInfo)
     publisher = peer.node.create_publisher(Image, "/camera/color/image_raw", qos_profile_sensor_data)

@@ -8,6 +8,7 @@ nothing of it outlives ``ros2 launch``.
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from ovseg_ros.launch_config import LAUNCH_ARGUMENTS
 from ovseg_ros.msg import SegmentationInfo
 
 from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout
-from ros2_cli import SIGTERM_TIMEOUT_ARG, LaunchProcess, param_get, ros2, show_args, wait_until_active
+from ros2_cli import SIGTERM_TIMEOUT_ARG, LaunchProcess, in_graph, param_get, ros2, show_args, subscriptions_of, wait_until_active
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 
@@ -32,16 +33,6 @@ BRINGUP_LAUNCH = Path(__file__).parent / "launch" / "bringup_include.launch.py"
 NAMESPACE = f"launchtest{os.getpid()}"
 BRINGUP_NAMESPACE = f"bringup{os.getpid()}"
 SIM_TIME_S = 4242
-
-
-def subscriptions_of(peer: Peer, namespace: str, expected: str) -> set[str]:
-    """The topics the node ``ovseg`` in ``namespace`` subscribes to, once ``expected`` is
-    among them or 10 s have passed (the graph lags behind the node's state)."""
-    def topics():
-        return {topic for topic, _ in peer.node.get_subscriber_names_and_types_by_node("ovseg", namespace)}
-
-    peer.wait_for(lambda: expected in topics(), 10.0, poll=0.2)
-    return topics()
 
 
 def camera_frame(stamp_s: int) -> Image:
@@ -80,13 +71,11 @@ def launched(peer, tmp_path_factory):
         wait_until_active(peer, launch, f"/{NAMESPACE}/ovseg", NODE_READY_TIMEOUT_S)
         yield launch
     finally:
-        returncode, left = launch.stop()
-        assert returncode is not None, f"ros2 launch still running 30 s after SIGINT:\n{launch.log_text()[-3000:]}"
-        assert not left, f"left running after ros2 launch ended: {left}"
+        launch.check_stopped("sigint")
 
 
 def test_namespace_and_image_topic_place_and_wire_the_node(launched, peer):
-    assert ("ovseg", f"/{NAMESPACE}") in peer.node.get_node_names_and_namespaces()
+    assert in_graph(peer, "ovseg", f"/{NAMESPACE}")
     assert f"/{NAMESPACE}/cam/image_raw" in subscriptions_of(peer, f"/{NAMESPACE}", f"/{NAMESPACE}/cam/image_raw")
     # and a frame on that topic is segmented
     infos = peer.record(f"/{NAMESPACE}/segmentation/info", SegmentationInfo)
@@ -100,10 +89,10 @@ def test_namespace_and_image_topic_place_and_wire_the_node(launched, peer):
 
 
 def test_model_device_and_use_sim_time_become_node_parameters(launched):
-    node = f"/{NAMESPACE}/ovseg"
-    assert param_get(node, "model") == f"String value is: {TEST_MODEL}"
-    assert param_get(node, "device") == "String value is: cpu"
-    assert param_get(node, "use_sim_time") == "Boolean value is: True"
+    names = ("model", "device", "use_sim_time")
+    with ThreadPoolExecutor(len(names)) as pool:  # each ros2 param get spends seconds in discovery
+        values = dict(zip(names, pool.map(lambda name: param_get(f"/{NAMESPACE}/ovseg", name), names)))
+    assert values == {"model": f"String value is: {TEST_MODEL}", "device": "String value is: cpu", "use_sim_time": "Boolean value is: True"}
 
 
 def test_use_sim_time_puts_the_node_on_clock(launched, peer):
@@ -138,13 +127,11 @@ def bringup(peer, tmp_path_factory):
         wait_until_active(peer, launch, f"/{BRINGUP_NAMESPACE}/ovseg", NODE_READY_TIMEOUT_S)
         yield launch
     finally:
-        returncode, left = launch.stop()
-        assert returncode is not None, f"ros2 launch still running 30 s after SIGINT:\n{launch.log_text()[-3000:]}"
-        assert not left, f"left running after ros2 launch ended: {left}"
+        launch.check_stopped("sigint")
 
 
 def test_included_under_a_pushed_namespace_with_sim_time_set_by_the_bringup(bringup, peer):
-    assert ("ovseg", f"/{BRINGUP_NAMESPACE}") in peer.node.get_node_names_and_namespaces()
+    assert in_graph(peer, "ovseg", f"/{BRINGUP_NAMESPACE}")
     assert f"/{BRINGUP_NAMESPACE}/cam/image_raw" in subscriptions_of(peer, f"/{BRINGUP_NAMESPACE}", f"/{BRINGUP_NAMESPACE}/cam/image_raw")
     # the launch file must not override the bringup's SetParameter(use_sim_time=True)
     assert param_get(f"/{BRINGUP_NAMESPACE}/ovseg", "use_sim_time") == "Boolean value is: True"
