@@ -477,6 +477,9 @@ class OvsegNode(LifecycleNode):
             return
         if param.name == "min_score":
             segmenter.min_score = param.value
+            with self._output_lock:
+                if self._classes is not None:
+                    self._publish_label_info()  # its threshold
         elif param.name == "cer_topk" and hasattr(segmenter.model, "cer_topk"):
             segmenter.model.cer_topk = param.value or None
         elif param.name == "smoothing_strength":
@@ -544,10 +547,14 @@ class OvsegNode(LifecycleNode):
         msg.mask_topics = [f"segmentation/masks/{topic}" for topic in classes.mask_topics]
         msg.unlabeled_id = classes.vocabulary.unlabeled_id
         self._class_map_pub.publish(msg)
-        if self._label_info_pub is not None:
-            label_info = LabelInfo(header=msg.header, threshold=float(self._param("min_score")))
-            label_info.class_map = [VisionClass(class_id=i, class_name=name) for i, name in enumerate(msg.class_names)]
-            self._label_info_pub.publish(label_info)
+        self._publish_label_info()
+
+    def _publish_label_info(self) -> None:
+        """vision_msgs' LabelInfo of the current classes, its threshold min_score."""
+        label_info = LabelInfo(threshold=float(self._param("min_score")))
+        label_info.header.stamp = self.get_clock().now().to_msg()
+        label_info.class_map = [VisionClass(class_id=i, class_name=name) for i, name in enumerate(self._classes.vocabulary.names)]
+        self._label_info_pub.publish(label_info)
 
     # -- inference worker -----------------------------------------------------------
 

@@ -68,6 +68,13 @@ def test_vision_label_info_is_latched_and_follows_the_vocabulary(paired_node, pe
     assert [classes_of(m) for m in later_subscriber.decoded()] == [[(0, "spill on floor"), (1, "pallet")]], "only the newest one is latched"
     assert set_vocabulary(peer, "libs", VOCABULARY).success
 
+    set_parameters = peer.node.create_client(SetParameters, "/libs/ovseg/set_parameters")
+    for min_score in (0.5, 0.25):
+        request = SetParameters.Request(parameters=[Parameter("min_score", Parameter.Type.DOUBLE, min_score).to_parameter_msg()])
+        assert peer.call(set_parameters, request).results[0].successful
+        assert peer.wait_for(lambda: first_subscriber.decoded()[-1].threshold == pytest.approx(min_score), 10.0), "re-sent when min_score changes"
+    assert classes_of(first_subscriber.decoded()[-1]) == list(enumerate(VOCABULARY))
+
 
 def camera_info(frame: Image, offset_ns: int, fx: float) -> CameraInfo:
     """A camera_info stamped ``offset_ns`` from ``frame`` whose K[0] (fx) tells it apart."""
