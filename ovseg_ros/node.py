@@ -46,6 +46,7 @@ from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from message_filters import ApproximateTimeSynchronizer, Subscriber, TimeSynchronizer
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -78,6 +79,12 @@ LOG_THROTTLE_S = 5.0
 CAMERA_INFO_SYNC_QUEUE = 10
 DIAGNOSTICS_PERIOD_S = 1.0
 INFERENCE_THREAD_NAME = "ovseg-inference"
+# Publishers and subscriptions made and destroyed while the executor spins get no QoS event
+# handlers: a handler destroyed while an executor thread builds its wait set raises
+# InvalidHandle out of spin() (rclpy's executor skips such a handler on entering it, not on
+# adding it), which a vocabulary change dropping thousands of mask topics provoked.
+NO_PUBLISHER_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
+NO_SUBSCRIPTION_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
 # Cleanup waits this long for the frame in flight; while the worker is still alive after
 # that, configure refuses (two workers would share the slot and the model).
 WORKER_JOIN_TIMEOUT_S = 60.0
@@ -357,7 +364,7 @@ class OvsegNode(LifecycleNode):
 
     def _create_entities(self) -> None:
         def publisher(msg_type, topic, qos=OUTPUT_QOS):
-            entity = self.create_lifecycle_publisher(msg_type, topic, qos)  # silent unless active
+            entity = self.create_lifecycle_publisher(msg_type, topic, qos, event_callbacks=NO_PUBLISHER_EVENTS)  # silent unless active
             self._entities.append(entity)
             return entity
 
@@ -371,7 +378,11 @@ class OvsegNode(LifecycleNode):
         self._camera_info_pub = publisher(CameraInfo, "segmentation/camera_info") if self._param("use_camera_info") else None
 
         # Frames get a callback group of their own: no service or timer callback delays them.
-        options = {"qos_overriding_options": QoSOverridingOptions.with_default_policies(), "callback_group": MutuallyExclusiveCallbackGroup()}
+        options = {
+            "qos_overriding_options": QoSOverridingOptions.with_default_policies(),
+            "callback_group": MutuallyExclusiveCallbackGroup(),
+            "event_callbacks": NO_SUBSCRIPTION_EVENTS,  # destroyed on cleanup while the executor spins
+        }
         image_type, image_topic = (CompressedImage, "image/compressed") if self._param("input_transport") == "compressed" else (Image, "image")
         if not self._param("use_camera_info"):
             self._entities.append(self.create_subscription(image_type, image_topic, self._on_image, qos_profile_sensor_data, **options))
@@ -533,7 +544,7 @@ class OvsegNode(LifecycleNode):
         return vocabulary
 
     def _mask_publisher(self, topic: str):
-        publisher = self.create_lifecycle_publisher(Image, f"segmentation/masks/{topic}", OUTPUT_QOS)
+        publisher = self.create_lifecycle_publisher(Image, f"segmentation/masks/{topic}", OUTPUT_QOS, event_callbacks=NO_PUBLISHER_EVENTS)
         if self._active:  # the others were enabled by on_activate
             publisher.on_activate(None)
         return publisher
