@@ -700,6 +700,8 @@ class OvsegNode(LifecycleNode):
         else:
             status.summary(DiagnosticStatus.OK, "segmenting")
         values = {
+            # The status name holds only the node's base name: this tells apart two ovseg nodes.
+            "node": self.get_fully_qualified_name(),
             "model": self._param("model"),
             "weights": self._weights_note,
             "device": status.hardware_id,

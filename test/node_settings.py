@@ -25,23 +25,30 @@ def resend_until(publisher, msg, condition, peer, timeout: float = 20.0) -> bool
     return False
 
 
-def latest_diagnostics(recording, name: str = "ovseg: segmentation"):
-    """The node's newest diagnostic status in ``recording`` and its values ({} before the first)."""
+def latest_diagnostics(recording, name: str = "ovseg: segmentation", node: str | None = None):
+    """The newest diagnostic status ``name`` in ``recording`` and its values ({} before the first);
+    with ``node`` (e.g. /ns/ovseg), only that node's: every ovseg node's status has the same name."""
     for array in reversed(recording.decoded()):
         for status in array.status:
-            if status.name == name:
-                return status, {kv.key: kv.value for kv in status.values}
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name == name and node in (None, values.get("node")):
+                return status, values
     return None, {}
 
 
 FRAME_COUNTERS = ("received", "processed", "dropped", "failed", "ignored", "in_flight")
 
 
-def fresh_counters(peer, recording, timeout: float = 10.0) -> dict[str, int]:
-    """The frame counters and inference thread count of the first diagnostics published from now on."""
+def fresh_counters(peer, recording, node: str, timeout: float = 10.0) -> dict[str, int]:
+    """The frame counters and inference thread count of ``node``'s first diagnostics published from now on."""
     seen = len(recording.messages)
-    assert peer.wait_for(lambda: len(recording.messages) > seen and latest_diagnostics(recording)[1], timeout), "no diagnostics"
-    values = latest_diagnostics(recording)[1]
+
+    def fresh() -> dict[str, str]:
+        recording_after = type(recording)(recording.topic, recording.msg_type, recording.messages[seen:])
+        return latest_diagnostics(recording_after, node=node)[1]
+
+    assert peer.wait_for(fresh, timeout), f"no diagnostics from {node}"
+    values = fresh()
     return {**{name: int(values[f"frames_{name}"]) for name in FRAME_COUNTERS}, "inference_threads": int(values["inference_threads"])}
 
 

@@ -76,7 +76,7 @@ def answered(peer, topic: str, index: int) -> bool:
 
 
 def counters(peer) -> dict[str, int]:
-    return fresh_counters(peer, peer.recordings["/diagnostics"])
+    return fresh_counters(peer, peer.recordings["/diagnostics"], NODE)
 
 
 def set_parameters(peer, **values):
