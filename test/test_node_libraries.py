@@ -16,7 +16,7 @@ from ovseg_ros.harness import Peer
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import answer_timeout
+from node_settings import answer_timeout, latest_diagnostics
 from test_node_configs import answered, raw_image, start, wait_ready
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
@@ -24,7 +24,6 @@ pytestmark = pytest.mark.usefixtures("ros2_tools")
 VOCABULARY = ["wall", "floor", "box"]
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-STATUS_NAME = "ovseg: segmentation"  # diagnostic_updater's '<node>: <task>'
 
 
 @pytest.fixture(scope="module")
@@ -131,30 +130,22 @@ def test_camera_info_pairs_within_the_slop(tmp_path, peer):
         assert node.stop() == 0, node.log_text()[-2000:]
 
 
-def latest_status(recording) -> tuple[DiagnosticStatus | None, dict[str, str]]:
-    for array in reversed(recording.decoded()):
-        for status in array.status:
-            if status.name == STATUS_NAME:
-                return status, {kv.key: kv.value for kv in status.values}
-    return None, {}
-
-
 def test_frames_without_their_camera_info_are_not_processed_and_counted(paired_node, peer):
     diagnostics = peer.record("/diagnostics", DiagnosticArray)
     infos = peer.record("/libs/segmentation/info", SegmentationInfo)
     images = peer.node.create_publisher(Image, "/libs/image_raw", RELIABLE)
     calibration = peer.node.create_publisher(CameraInfo, "/libs/camera_info", RELIABLE)
     assert peer.wait_for(lambda: images.get_subscription_count() and calibration.get_subscription_count(), 10.0)
-    assert peer.wait_for(lambda: latest_status(diagnostics)[0] is not None, 5.0)
-    before = int(latest_status(diagnostics)[1]["frames_unsynchronized"])
+    assert peer.wait_for(lambda: latest_diagnostics(diagnostics)[0] is not None, 5.0)
+    before = int(latest_diagnostics(diagnostics)[1]["frames_unsynchronized"])
     unpaired = range(100, 120)
     for index in unpaired:
         images.publish(raw_image(index))
         calibration.publish(camera_info(raw_image(index), 3 * 10**8, 900.0))  # a camera_info, but not this frame's
         time.sleep(0.05)
     # The synchronizer gives up on a frame once 10 newer ones wait (image_transport's queue).
-    assert peer.wait_for(lambda: int(latest_status(diagnostics)[1]["frames_unsynchronized"]) - before >= len(unpaired) - 10, 10.0), latest_status(diagnostics)
-    status, values = latest_status(diagnostics)
+    assert peer.wait_for(lambda: int(latest_diagnostics(diagnostics)[1]["frames_unsynchronized"]) - before >= len(unpaired) - 10, 10.0), latest_diagnostics(diagnostics)
+    status, values = latest_diagnostics(diagnostics)
     assert int(values["frames_unsynchronized"]) - before <= len(unpaired)
     assert status.level == DiagnosticStatus.WARN and "without a camera_info" in status.message
     assert not any(answered(infos, index) for index in unpaired)
@@ -171,8 +162,8 @@ def test_frames_without_their_camera_info_are_not_processed_and_counted(paired_n
 
 def test_diagnostics_come_from_the_updater_and_keep_coming_during_a_cold_encoding(paired_node, peer):
     diagnostics = peer.record("/diagnostics", DiagnosticArray)
-    assert peer.wait_for(lambda: latest_status(diagnostics)[0] is not None, 5.0)
-    status, values = latest_status(diagnostics)
+    assert peer.wait_for(lambda: latest_diagnostics(diagnostics)[0] is not None, 5.0)
+    status, values = latest_diagnostics(diagnostics)
     assert status.hardware_id == "cpu" and values["device"] == "cpu" and values["model"]
     assert {"frames_received", "frames_processed", "frames_dropped", "frames_failed", "frames_unsynchronized", "vocabulary_version"} <= set(values)
     period = peer.call(peer.node.create_client(GetParameters, "/libs/ovseg/get_parameters"), GetParameters.Request(names=["diagnostic_updater.period"]))
@@ -189,7 +180,7 @@ def test_diagnostics_come_from_the_updater_and_keep_coming_during_a_cold_encodin
     future = client.call_async(SetParameters.Request(parameters=[Parameter("vocabulary", Parameter.Type.STRING_ARRAY, names).to_parameter_msg()]))
 
     def landed() -> bool:
-        return int(latest_status(diagnostics)[1]["vocabulary_version"]) > version_before
+        return int(latest_diagnostics(diagnostics)[1]["vocabulary_version"]) > version_before
 
     assert peer.wait_for(lambda: landed() or (future.done() and not future.result().results[0].successful), 180.0), "the new vocabulary never landed"
     finished = time.monotonic()
