@@ -267,8 +267,8 @@ def diagnostics(peer):
 def test_diagnostics_report_rates_drops_latency_and_model(peer, diagnostics):
     publisher = peer.node.create_publisher(Image, CAMERA_TOPIC, RELIABLE)
     send_and_wait(peer, publisher, image_msg(60))
-    assert peer.wait_for(lambda: int(latest_diagnostics(diagnostics)[1].get("frames_processed", 0)) >= 1, 5.0)
-    status, values = latest_diagnostics(diagnostics)
+    assert peer.wait_for(lambda: int(latest_diagnostics(diagnostics, node=f"/{NAMESPACE}/ovseg")[1].get("frames_processed", 0)) >= 1, 5.0)
+    status, values = latest_diagnostics(diagnostics, node=f"/{NAMESPACE}/ovseg")
     assert values["model"] == TEST_MODEL and values["device"] == "cpu" and values["vocabulary_size"] == "3"
     assert int(values["frames_processed"]) >= 1 and int(values["frames_received"]) >= int(values["frames_processed"])
     assert {"input_rate_hz", "processed_rate_hz", "frames_dropped", "latency_p50_ms", "latency_p95_ms"} <= set(values)
@@ -289,7 +289,7 @@ def test_each_bad_image_is_reported_and_the_next_good_one_answered(peer, node, d
     publisher = peer.node.create_publisher(Image, CAMERA_TOPIC, RELIABLE)
     bad = image_msg(70)
     mangle(bad)
-    assert resend_until(publisher, bad, lambda: reason in latest_diagnostics(diagnostics)[1].get("last_frame_error", ""), peer)
+    assert resend_until(publisher, bad, lambda: reason in latest_diagnostics(diagnostics, node=f"/{NAMESPACE}/ovseg")[1].get("last_frame_error", ""), peer)
     good = image_msg(71)
     send_and_wait(peer, publisher, good)
     assert not outputs_for(peer, "info", bad.header)

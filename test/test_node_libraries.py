@@ -136,16 +136,16 @@ def test_frames_without_their_camera_info_are_not_processed_and_counted(paired_n
     images = peer.node.create_publisher(Image, "/libs/image_raw", RELIABLE)
     calibration = peer.node.create_publisher(CameraInfo, "/libs/camera_info", RELIABLE)
     assert peer.wait_for(lambda: images.get_subscription_count() and calibration.get_subscription_count(), 10.0)
-    assert peer.wait_for(lambda: latest_diagnostics(diagnostics)[0] is not None, 5.0)
-    before = int(latest_diagnostics(diagnostics)[1]["frames_unsynchronized"])
+    assert peer.wait_for(lambda: latest_diagnostics(diagnostics, node="/libs/ovseg")[0] is not None, 5.0)
+    before = int(latest_diagnostics(diagnostics, node="/libs/ovseg")[1]["frames_unsynchronized"])
     unpaired = range(100, 120)
     for index in unpaired:
         images.publish(raw_image(index))
         calibration.publish(camera_info(raw_image(index), 3 * 10**8, 900.0))  # a camera_info, but not this frame's
         time.sleep(0.05)
     # The synchronizer gives up on a frame once 10 newer ones wait (image_transport's queue).
-    assert peer.wait_for(lambda: int(latest_diagnostics(diagnostics)[1]["frames_unsynchronized"]) - before >= len(unpaired) - 10, 10.0), latest_diagnostics(diagnostics)
-    status, values = latest_diagnostics(diagnostics)
+    assert peer.wait_for(lambda: int(latest_diagnostics(diagnostics, node="/libs/ovseg")[1]["frames_unsynchronized"]) - before >= len(unpaired) - 10, 10.0), latest_diagnostics(diagnostics, node="/libs/ovseg")
+    status, values = latest_diagnostics(diagnostics, node="/libs/ovseg")
     assert int(values["frames_unsynchronized"]) - before <= len(unpaired)
     assert status.level == DiagnosticStatus.WARN and "without a camera_info" in status.message
     assert not any(answered(infos, index) for index in unpaired)
@@ -162,8 +162,8 @@ def test_frames_without_their_camera_info_are_not_processed_and_counted(paired_n
 
 def test_diagnostics_come_from_the_updater_and_keep_coming_during_a_cold_encoding(paired_node, peer):
     diagnostics = peer.record("/diagnostics", DiagnosticArray)
-    assert peer.wait_for(lambda: latest_diagnostics(diagnostics)[0] is not None, 5.0)
-    status, values = latest_diagnostics(diagnostics)
+    assert peer.wait_for(lambda: latest_diagnostics(diagnostics, node="/libs/ovseg")[0] is not None, 5.0)
+    status, values = latest_diagnostics(diagnostics, node="/libs/ovseg")
     assert status.hardware_id == "cpu" and values["device"] == "cpu" and values["model"]
     assert {"frames_received", "frames_processed", "frames_dropped", "frames_failed", "frames_unsynchronized", "vocabulary_version"} <= set(values)
     period = peer.call(peer.node.create_client(GetParameters, "/libs/ovseg/get_parameters"), GetParameters.Request(names=["diagnostic_updater.period"]))
@@ -180,7 +180,7 @@ def test_diagnostics_come_from_the_updater_and_keep_coming_during_a_cold_encodin
     future = client.call_async(SetParameters.Request(parameters=[Parameter("vocabulary", Parameter.Type.STRING_ARRAY, names).to_parameter_msg()]))
 
     def landed() -> bool:
-        return int(latest_diagnostics(diagnostics)[1]["vocabulary_version"]) > version_before
+        return int(latest_diagnostics(diagnostics, node="/libs/ovseg")[1]["vocabulary_version"]) > version_before
 
     assert peer.wait_for(lambda: landed() or (future.done() and not future.result().results[0].successful), 180.0), "the new vocabulary never landed"
     finished = time.monotonic()

@@ -55,6 +55,7 @@ def peer(node):
     peer.record("/diagnostics", DiagnosticArray)
     ready = peer.wait_for(lambda: peer.node.count_subscribers(CAMERA_TOPIC) > 0 or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
     assert ready and node.process.poll() is None, f"ready {ready}, exit code {node.process.poll()}\n{node.log_text()[-3000:]}"
+    assert peer.wait_for(lambda: peer.recordings[f"/{NAMESPACE}/segmentation/label_info"].messages, 10.0), "the latched class map"
     yield peer
     peer.close()
 
