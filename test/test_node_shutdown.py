@@ -36,8 +36,8 @@ pytestmark = pytest.mark.usefixtures("ros2_tools")
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-@pytest.fixture(scope="module")
-def peer():
+@pytest.fixture
+def peer():  # a participant per round: the last round's nodes are gone, not half-remembered
     peer = Peer("shutdown_peer")
     yield peer
     peer.close()
