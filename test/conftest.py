@@ -13,7 +13,8 @@ from ovseg_ros.ros_env import isolated_ros_environment
 # Before anything initialises rclpy: this run gets its own DDS domain and ROS_HOME, so
 # concurrent runs and stray nodes on the machine cannot interfere.
 _ROS_HOME = Path(tempfile.mkdtemp(prefix="ovseg_test_ros_home_"))
-os.environ.update(isolated_ros_environment(_ROS_HOME, domain_id=1 + os.getpid() % 100))
+# Fast DDS maps domain ids up to 232 to ports; 200 of them make two concurrent runs unlikely to share one.
+os.environ.update(isolated_ros_environment(_ROS_HOME, domain_id=1 + os.getpid() % 200))
 # Text-embedding cache of the nodes under test: fresh per run.
 os.environ["OVSEG_CACHE_DIR"] = str(_ROS_HOME / "cache")
 
@@ -49,3 +50,17 @@ def ros2_tools() -> str:
     if missing:
         pytest.fail(f"{SHARED_ROS2} is there but these ROS 2 tools are not usable: {', '.join(missing)}; run scripts/setup.sh, then source scripts/activate.sh")
     return shutil.which("ros2")
+
+
+#: Reruns of a failed test that talks over DDS. Fast DDS here (LARGE_DATA, 2 cores, dozens
+#: of participants coming and going in one run) now and then never matches a new endpoint:
+#: about 1 node start in 100 is not discovered within minutes, or a CLI call never finds a
+#: service. A test failing for another reason fails on its reruns too; reruns are listed
+#: in the summary (-ra: "R").
+DDS_TEST_RERUNS = 2
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "ros2_tools" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.flaky(reruns=DDS_TEST_RERUNS, reruns_delay=2))
