@@ -2,11 +2,34 @@
 
 import os
 import time
+from pathlib import Path
+
+from ovseg_ros.harness import NodeProcess, Peer
 
 #: A real model in a small configuration, so node tests run on a CPU in seconds per frame.
 TEST_MODEL = "san_tiny_dev"
 #: Building the model (and the first text encoding) on a slow shared CPU.
 NODE_READY_TIMEOUT_S = 180.0
+
+
+def start_node(namespace: str, camera_topic: str, log_path: Path, vocabulary: list[str], extra_args: list[str] = (), env: dict[str, str] | None = None) -> NodeProcess:
+    """The node under test in its own process: the test model on the CPU, in ``namespace``,
+    its image remapped to ``camera_topic``, with ``vocabulary``."""
+    return NodeProcess(
+        {"namespace": namespace, "image_topic": camera_topic, "model": TEST_MODEL, "device": "cpu"},
+        log_path,
+        extra_args=["-p", f"vocabulary:=[{', '.join(vocabulary)}]", *extra_args],
+        env=env,
+    )
+
+
+def wait_until_serving(peer: Peer, node: NodeProcess, camera_topic: str, class_map_topic: str | None = None) -> None:
+    """Until ``peer`` sees the node subscribed to ``camera_topic`` (and, given a recorded
+    ``class_map_topic``, its latched class map); fails with the node's log if it exits or never gets there."""
+    ready = peer.wait_for(lambda: peer.node.count_subscribers(camera_topic) > 0 or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
+    assert ready and node.process.poll() is None, f"ready {ready}, exit code {node.process.poll()}\n{node.log_text()[-3000:]}"
+    if class_map_topic is not None:
+        assert peer.wait_for(lambda: peer.recordings[class_map_topic].messages, 10.0), "the latched class map"
 
 
 def answer_timeout() -> float:

@@ -18,12 +18,12 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import Image
 
 from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.harness import NodeProcess, Peer
+from ovseg_ros.harness import Peer
 from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout, latest_diagnostics, resend_until
+from node_settings import TEST_MODEL, answer_timeout, latest_diagnostics, resend_until, start_node, wait_until_serving
 
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
 pytestmark = pytest.mark.usefixtures("ros2_tools")
@@ -37,11 +37,7 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    process = NodeProcess(
-        {"namespace": NAMESPACE, "image_topic": CAMERA_TOPIC, "model": TEST_MODEL, "device": "cpu"},
-        tmp_path_factory.mktemp("node") / "node.log",
-        extra_args=["-p", f"vocabulary:=[{', '.join(VOCABULARY)}]"],
-    )
+    process = start_node(NAMESPACE, CAMERA_TOPIC, tmp_path_factory.mktemp("node") / "node.log", VOCABULARY)
     yield process
     assert process.stop() == 0, process.log_text()[-2000:]
 
@@ -51,8 +47,7 @@ def peer(node):
     peer = Peer("test_peer")
     for topic, kind in (("label", Image), ("color", Image), ("info", SegmentationInfo)):
         peer.record(f"/{NAMESPACE}/segmentation/{topic}", kind)
-    ready = peer.wait_for(lambda: peer.node.count_subscribers(CAMERA_TOPIC) > 0 or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
-    assert ready and node.process.poll() is None, node.log_text()[-3000:]
+    wait_until_serving(peer, node, CAMERA_TOPIC)
     yield peer
     peer.close()
 

@@ -18,11 +18,11 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from ovseg_ros.harness import NodeProcess, Peer
+from ovseg_ros.harness import Peer
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, Lifecycle, answer_timeout, counters_add_up, fresh_counters, resend_until
+from node_settings import Lifecycle, answer_timeout, counters_add_up, fresh_counters, resend_until, start_node, wait_until_serving
 from test_node_configs import raw_image
 
 NAMESPACE = "races"
@@ -39,12 +39,7 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    process = NodeProcess(
-        {"namespace": NAMESPACE, "image_topic": CAMERA_TOPIC, "model": TEST_MODEL, "device": "cpu"},
-        tmp_path_factory.mktemp("races") / "node.log",
-        extra_args=["-p", f"vocabulary:=[{', '.join(VOCABULARY)}]", "-p", "cpu_threads:=1"],
-        env={"OVSEG_TEST_FRAME_DELAY_S": str(FRAME_DELAY_S)},
-    )
+    process = start_node(NAMESPACE, CAMERA_TOPIC, tmp_path_factory.mktemp("races") / "node.log", VOCABULARY, ["-p", "cpu_threads:=1"], env={"OVSEG_TEST_FRAME_DELAY_S": str(FRAME_DELAY_S)})
     yield process
     assert process.stop() == 0, process.log_text()[-2000:]
 
@@ -55,9 +50,7 @@ def peer(node):
     peer.record(f"/{NAMESPACE}/segmentation/info", SegmentationInfo)
     peer.record(f"/{NAMESPACE}/segmentation/label_info", ClassMap, LATCHED)
     peer.record("/diagnostics", DiagnosticArray)
-    ready = peer.wait_for(lambda: peer.node.count_subscribers(CAMERA_TOPIC) > 0 or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
-    assert ready and node.process.poll() is None, f"ready {ready}, exit code {node.process.poll()}\n{node.log_text()[-3000:]}"
-    assert peer.wait_for(lambda: peer.recordings[f"/{NAMESPACE}/segmentation/label_info"].messages, 10.0), "the latched class map"
+    wait_until_serving(peer, node, CAMERA_TOPIC, f"/{NAMESPACE}/segmentation/label_info")
     yield peer
     peer.close()
 
