@@ -648,13 +648,12 @@ class OvsegNode(LifecycleNode):
                 self._overlay_pub.publish(_image_msg(header, overlay(rgb, color, self._param("overlay_alpha"))))
         if wanted(self._confidence_pub, "publish_confidence"):
             self._confidence_pub.publish(_image_msg(header, confidence_image(result.confidence)))
-        if self._param("publish_masks"):
-            with self._output_lock:
-                if classes is self._classes:  # publishers of a replaced vocabulary may be gone
-                    for class_id, topic in enumerate(classes.mask_topics):
-                        publisher = classes.mask_publishers[topic]
-                        if publisher.get_subscription_count() > 0:
-                            publisher.publish(_image_msg(header, np.where(result.labels == class_id, 255, 0).astype(np.uint8)))
+        # The caller holds _output_lock, so the mask publishers cannot be swapped out meanwhile.
+        if self._param("publish_masks") and classes is self._classes:  # else they may be gone
+            for class_id, topic in enumerate(classes.mask_topics):
+                publisher = classes.mask_publishers[topic]
+                if publisher.get_subscription_count() > 0:
+                    publisher.publish(_image_msg(header, np.where(result.labels == class_id, 255, 0).astype(np.uint8)))
         if camera_info is not None:
             camera_info.header = header  # the paired one: same stamp within the slop
             self._camera_info_pub.publish(camera_info)

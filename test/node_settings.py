@@ -32,6 +32,16 @@ def wait_until_serving(peer: Peer, node: NodeProcess, camera_topic: str, class_m
         assert peer.wait_for(lambda: peer.recordings[class_map_topic].messages, 10.0), "the latched class map"
 
 
+def matched_image_publisher(peer: Peer, topic: str):
+    """A reliable Image publisher on ``topic``, once the node's subscription has matched it."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    publisher = peer.node.create_publisher(Image, topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    assert peer.wait_for(lambda: publisher.get_subscription_count() > 0, 10.0), f"the node never subscribed to {topic}"
+    return publisher
+
+
 def answer_timeout() -> float:
     """Seconds to wait for the node to answer one frame (CI machines can be slow)."""
     return float(os.environ.get("OVSEG_TEST_ANSWER_TIMEOUT", "60"))

@@ -20,7 +20,7 @@ from ovseg_ros.harness import Peer
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import TEST_MODEL, Lifecycle, answer_timeout, counters_add_up, fresh_counters, resend_until, start_node, wait_until_serving
+from node_settings import TEST_MODEL, Lifecycle, answer_timeout, counters_add_up, fresh_counters, resend_until, matched_image_publisher, start_node, wait_until_serving
 from test_node_configs import raw_image
 
 NAMESPACE = "lifecycle"
@@ -30,7 +30,6 @@ VOCABULARY = ["wall", "floor"]
 FRAME_DELAY_S = 2.0
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
 pytestmark = pytest.mark.usefixtures("ros2_tools")
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -60,9 +59,7 @@ def lifecycle(peer):
 
 @pytest.fixture(scope="module")
 def images(peer):
-    publisher = peer.node.create_publisher(Image, CAMERA_TOPIC, RELIABLE)
-    assert peer.wait_for(lambda: publisher.get_subscription_count() > 0, 10.0)
-    return publisher
+    return matched_image_publisher(peer, CAMERA_TOPIC)
 
 
 def answered(peer, topic: str, index: int) -> bool:
