@@ -67,7 +67,7 @@ from ovseg_ros.smoothing import TemporalSmoother
 from ovseg_ros.srv import SetVocabulary
 from ovseg_ros.topic_names import mask_topic_names
 from ovseg_ros.vocabulary import TextEmbeddingCache, VocabularyError, default_cache_dir, edit_vocabulary, validate_class_names
-from ovseg_ros.worker import REFUSED, REPLACED, FrameStats, LatestFrameSlot, SerialWorker
+from ovseg_ros.handoff import REFUSED, REPLACED, FrameStats, LatestFrameSlot, SerialWorker
 
 # Outputs are reliable (rviz and recorders default to reliable) with a short history:
 # a late frame is worth less than the next one.
@@ -358,7 +358,6 @@ class OvsegNode(LifecycleNode):
         mode = self._param("smoothing")
         if mode == "auto":
             mode = "flow" if self._param("model").startswith("san_") else "none"
-        mode = "off" if mode == "none" else mode  # the smoother's name for it
         self.get_logger().info(f"temporal smoothing: {mode}")
         return TemporalSmoother(mode, strength=self._param("smoothing_strength"), max_gap_s=self._param("smoothing_max_gap_s"))
 
@@ -615,7 +614,7 @@ class OvsegNode(LifecycleNode):
         vocabulary = classes.vocabulary
         stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         result = segmenter.segment(rgb, vocabulary, lambda scores: smoother.update(scores, rgb, stamp_s, vocabulary.version))
-        if smoother.last_reset_reason and smoother.mode != "off":
+        if smoother.last_reset_reason and smoother.mode != "none":
             self.get_logger().info(f"temporal smoothing restarted: {smoother.last_reset_reason}", throttle_duration_sec=LOG_THROTTLE_S)
         if TEST_FRAME_DELAY_S:
             stop.wait(TEST_FRAME_DELAY_S)

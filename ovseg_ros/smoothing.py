@@ -3,7 +3,7 @@
 A :class:`TemporalSmoother` keeps a (T, H, W) score state and blends it into each new
 frame's scores, which cuts the label flicker a per-frame model shows on video:
 
-* ``off``:  the scores pass through unchanged.
+* ``none``: the scores pass through unchanged.
 * ``ema``:  ``state = lerp(scores, state, weight)``, an exponential moving average per pixel.
   Cheap, but the past lags behind anything that moves.
 * ``flow``: the state is first warped into the current frame with dense optical flow
@@ -32,16 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-MODES = ("off", "ema", "flow")
+MODES = ("none", "ema", "flow")
 
 
 class TemporalSmoother:
     """Blend per-class scores with the (motion-compensated) past; see the module docstring.
 
     Args:
-        mode: ``"off"``, ``"ema"`` or ``"flow"``.
+        mode: ``"none"``, ``"ema"`` or ``"flow"``.
         strength: blend weight of the past state, 0..1, before the reliability and
-            confidence gates (0 behaves like ``off``).
+            confidence gates (0 behaves like ``none``).
         max_gap_s: a larger gap between consecutive stamps restarts the state.
         flow_scale: resolution factor of the optical flow (``flow`` mode), 0 < f <= 1.
         confidence_gate: 0..1; the past's weight is multiplied by
@@ -122,7 +122,7 @@ class TemporalSmoother:
         if scores.dim() != 3:
             raise ValueError(f"scores must be (T, H, W), got shape {tuple(scores.shape)}")
         self.last_reset_reason = None
-        if self.mode == "off":
+        if self.mode == "none":
             return scores
         if self.mode == "flow" and image_rgb is None:
             raise ValueError("flow mode needs image_rgb")

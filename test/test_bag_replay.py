@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 
-from ovseg_ros.harness import package_share
+from ovseg_ros.tools.harness import package_share
 from ovseg_ros.bag import SAMPLE_TOPIC, synthetic_frame, typestore, write_sample_bag
 from ovseg_ros.tools import demo
 

@@ -8,7 +8,7 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from ovseg_ros.harness import Peer
+from ovseg_ros.tools.harness import Peer
 from ovseg_ros.msg import SegmentationInfo
 
 from node_settings import answer_timeout, resend_until

@@ -13,7 +13,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.harness import NodeProcess, Peer
+from ovseg_ros.tools.harness import NodeProcess, Peer
 from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary

@@ -16,7 +16,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from ovseg_ros.harness import Peer
+from ovseg_ros.tools.harness import Peer
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
@@ -121,7 +121,7 @@ def test_configure_time_parameters_change_only_while_unconfigured(peer, lifecycl
     log_before = len(node.log_text())
     assert all(result.successful for result in set_parameters(peer, model=TEST_MODEL, smoothing="none"))
     assert lifecycle.change("configure") and lifecycle.change("activate")
-    assert "temporal smoothing: off" in node.log_text()[log_before:]
+    assert "temporal smoothing: none" in node.log_text()[log_before:]
     refused = set_parameters(peer, model="no_such_model")[0]
     assert not refused.successful
 

@@ -18,7 +18,7 @@ from sensor_msgs.msg import Image
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.harness import Peer
+from ovseg_ros.tools.harness import Peer
 from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.launch_config import LAUNCH_ARGUMENTS
 from ovseg_ros.msg import SegmentationInfo

@@ -43,7 +43,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_off_returns_input_unchanged():
-    smoother = TemporalSmoother("off")
+    smoother = TemporalSmoother("none")
     for step in range(3):
         scores = random_scores(step)
         assert smoother.update(scores, None, step * DT, 0) is scores
@@ -157,7 +157,7 @@ def test_flow_trusts_the_current_frame_where_the_image_changed():
 
 
 def test_flow_flips_fewer_labels_than_off_on_synthetic_video():
-    off = run("off", n_frames=12, height=120, width=160)
+    off = run("none", n_frames=12, height=120, width=160)
     flow = run("flow", n_frames=12, height=120, width=160, flow_scale=0.5)
     assert flow.flip_rate < 0.7 * off.flip_rate
     assert flow.miou >= off.miou

@@ -1,7 +1,7 @@
 """Node-level benchmarks over real DDS: end-to-end latency, vocabulary changes, soak.
 
 Each measurement starts the installed node in its own process (as the launch file does)
-and drives it from this process with :class:`~ovseg_ros.harness.Peer`. Used by
+and drives it from this process with :class:`~ovseg_ros.tools.harness.Peer`. Used by
 ``python -m ovseg_ros.tools.bench node|soak|all``.
 
 * latency: frames are sent one at a time (reliable QoS) and each is timed from publish
@@ -28,7 +28,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.harness import NodeProcess, Peer
+from ovseg_ros.tools.harness import NodeProcess, Peer
 from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary

@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in MODES:
         smoother_kwargs = dict(strength=args.strength, flow_scale=args.flow_scale)
         results.append(run(mode, args.frames, args.seed, noise=args.noise, **smoother_kwargs))
-    off, flow = (next(r for r in results if r.mode == mode) for mode in ("off", "flow"))
+    off, flow = (next(r for r in results if r.mode == mode) for mode in ("none", "flow"))
     print(f"{'mode':<13} {'flips':>7} {'vs off':>7} {'consist.':>9} {'mIoU':>7} {'ms med':>7} {'ms min':>7}")
     for r in results:
         ratio = f"{r.flip_rate / off.flip_rate:6.2f}x"

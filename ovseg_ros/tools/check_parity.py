@@ -90,7 +90,7 @@ def run_case(case_dir: Path, device: str = "cpu") -> list[ArrayCheck]:
     case = json.loads((case_dir / "case.json").read_text())
     family = case["variant"].split("_", 1)[0]
     try:
-        parity = importlib.import_module(f"ovseg_ros.models.{family}.parity")
+        parity = importlib.import_module(f"ovseg_ros.tools.parity_{family}")
     except ModuleNotFoundError as exc:
         raise ValueError(f"{case_dir}: no implementation for variant {case['variant']!r}") from exc
     with np.load(case_dir / "arrays.npz") as npz:

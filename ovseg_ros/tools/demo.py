@@ -27,7 +27,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from sensor_msgs.msg import Image
 
 from ovseg_ros.bag import SAMPLE_TOPIC, typestore, write_sample_bag
-from ovseg_ros.harness import NodeProcess, Peer, package_share
+from ovseg_ros.tools.harness import NodeProcess, Peer, package_share
 from ovseg_ros.models import resolve_weights, weights_dir
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.rendering import overlay

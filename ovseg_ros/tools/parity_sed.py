@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .build import build_sed
+from ovseg_ros.models.sed.build import build_sed
 
 
 def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: str = "cpu") -> dict[str, np.ndarray]:

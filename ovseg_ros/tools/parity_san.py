@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import build_san
-from .model import PIXEL_MEAN, PIXEL_STD
+from ovseg_ros.models.san import build_san
+from ovseg_ros.models.san.model import PIXEL_MEAN, PIXEL_STD
 
 
 def _check_supported(case: dict) -> None:

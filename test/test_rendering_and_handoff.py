@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ovseg_ros.rendering import UNLABELED_COLOR, class_color, colorize, overlay, palette
-from ovseg_ros.worker import QUEUED, REFUSED, REPLACED, FrameStats, LatestFrameSlot, SerialWorker
+from ovseg_ros.handoff import QUEUED, REFUSED, REPLACED, FrameStats, LatestFrameSlot, SerialWorker
 
 
 def test_class_colours_are_stable_and_distinct():
