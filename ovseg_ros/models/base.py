@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
+from .scores import ClassScores
+
 
 def stage(name: str):
     """Label a pipeline stage for ``torch.profiler`` (what ``tools.bench`` reports per stage).
@@ -19,9 +21,9 @@ class OpenVocabModel(nn.Module):
     """An open-vocabulary semantic segmentation network.
 
     Subclasses reproduce the authors' inference path from the image the authors' model
-    receives (after detectron2's ``ResizeShortestEdge``) to per-class scores at a requested
-    output size. Text and image are split so that the text features of a vocabulary are
-    computed once (and cached) and reused for every frame.
+    receives (after detectron2's ``ResizeShortestEdge``) to per-class scores
+    (:class:`~ovseg_ros.models.scores.ClassScores`). Text and image are split so that the
+    text features of a vocabulary are computed once (and cached) and reused for every frame.
     """
 
     #: Registry name of the variant, e.g. ``"sed_convnext_base"`` (keys the text cache).
@@ -31,16 +33,17 @@ class OpenVocabModel(nn.Module):
         """Text features for ``class_names``; first dim is ``len(class_names)``, rest model-specific."""
         raise NotImplementedError
 
-    def forward(self, image: torch.Tensor, text_features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        """Per-class scores.
+    def forward(self, image: torch.Tensor, text_features: torch.Tensor) -> ClassScores:
+        """Per-class scores, upsampled on demand to any output size.
 
         Args:
             image: (1, 3, H, W) float RGB in 0..255 on the model's device, as the authors'
                 model receives it (normalisation, padding and CLIP resizing happen inside).
             text_features: output of :meth:`encode_text` for T classes.
-            output_size: (H0, W0) of the scores, usually the camera image's size.
 
         Returns:
-            (T, H0, W0) float scores; higher means more likely (argmax gives the label).
+            Scores of the T classes at model resolution; ``best((H0, W0))`` gives the label
+            and score per pixel at an output size (usually the camera image's), ``full`` all
+            (T, H0, W0) scores. Higher means more likely.
         """
         raise NotImplementedError

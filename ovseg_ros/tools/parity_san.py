@@ -57,7 +57,9 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
     with torch.inference_mode():
         image = torch.from_numpy(np.ascontiguousarray(image_input_u8)).to(device, torch.float32)[None]
         prediction = model.predict(image, model.encode_text(case["class_names"]))
-        sem_seg = model.semantic_inference(prediction, tuple(case["original_hw"]))
+        scores = prediction.scores()  # what model.forward returns
+        sem_seg = scores.full(tuple(case["original_hw"]))
+        _, labels = scores.best(tuple(case["original_hw"]))
 
     ours = {
         "text_classifier": prediction.text_classifier,
@@ -66,7 +68,7 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
         "mask_embs": prediction.mask_embs[0],
         "mask_logits": prediction.mask_logits[0],
         "sem_seg": sem_seg,
-        "sem_seg_argmax": sem_seg.argmax(dim=0).to(torch.uint8),
+        "sem_seg_argmax": labels.to(torch.uint8),
     }
     return {name: _as_declared(ours[name], spec) for name, spec in case["arrays"].items() if name in ours}
 

@@ -32,15 +32,15 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
     image = torch.from_numpy(image_input_u8).to(device, torch.float32)[None]
     text = model.encode_text(case["class_names"])
 
-    normal = model.predict(image, text)
-    final = model.postprocess(normal.probs, image.shape[-2:], tuple(case["original_hw"]))
+    normal = model.predict(image, text)  # what model.forward returns .scores() of
+    _, labels = normal.scores().best(tuple(case["original_hw"]))
     arrays = {
         "text_features": text,
         "clip_input": normal.clip_input,
         "clip_dense": normal.clip_dense[0],
         "normal_logits": normal.logits,
         "normal_probs": normal.probs,
-        "sem_seg_argmax": final.argmax(dim=0).to(torch.uint8),
+        "sem_seg_argmax": labels.to(torch.uint8),
     }
     for mode in case["mode"]["cer_modes"]:
         if not mode["TEST.FAST_INFERENCE"]:

@@ -9,9 +9,9 @@ Reproduces the inference path of the authors' ``SAN`` meta-architecture
 3. CLIP blocks before the split -> side adapter (with CLIP fusion) -> mask logits and
    attention bias -> CLIP recognition blocks with [SOS] tokens -> one embedding per mask;
 4. mask class logits = mask embeddings . text classifier (background last);
-5. semantic inference: masks upsampled to the padded size, cropped to the image, resized to
-   the output size; scores = sum over masks of softmax(class logits) without background times
-   sigmoid(mask).
+5. semantic inference (:class:`~ovseg_ros.models.scores.SANScores`, on demand per output size):
+   masks upsampled to the padded size, cropped to the image, resized to the output size;
+   scores = sum over masks of softmax(class logits) without background times sigmoid(mask).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from ..base import OpenVocabModel, stage
+from ..scores import SANScores
 from .clip_encoder import CLIPFeatureExtractor, RecWithAttnBiasHead
 from .side_adapter import SideAdapterNetwork
 from .text_encoder import TextEncoder
@@ -98,6 +99,11 @@ class SANPrediction:
     image_size: tuple[int, int]  # (H, W) of the input image
     padded_size: tuple[int, int]  # (H, W) after padding to size_divisibility
 
+    def scores(self) -> SANScores:
+        """The class scores of semantic inference (no background channel)."""
+        class_probs = self.mask_logits[0].softmax(dim=-1)[:, :-1]
+        return SANScores(class_probs, self.mask_preds[0], self.image_size, self.padded_size)
+
 
 class SAN(OpenVocabModel):
     """SAN with module names as in the official checkpoint (``clip_visual_extractor``,
@@ -165,20 +171,9 @@ class SAN(OpenVocabModel):
             padded_size=tuple(padded.shape[-2:]),
         )
 
-    @staticmethod
-    def semantic_inference(prediction: SANPrediction, output_size: tuple[int, int]) -> torch.Tensor:
-        """(T, H0, W0) class scores from a prediction (no background channel)."""
-        height, width = prediction.image_size
-        masks = F.interpolate(prediction.mask_preds, size=prediction.padded_size, mode="bilinear", align_corners=False)
-        masks = F.interpolate(masks[..., :height, :width], size=output_size, mode="bilinear", align_corners=False)
-        class_probs = prediction.mask_logits[0].softmax(dim=-1)[:, :-1]
-        return torch.einsum("qc,qhw->chw", class_probs, masks[0].sigmoid())
-
-    def forward(self, image: torch.Tensor, text_features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        """(T, H0, W0) scores for image (1, 3, H, W) RGB 0..255; see :class:`OpenVocabModel`."""
-        prediction = self.predict(image, text_features)
-        with stage("postprocess"):
-            return self.semantic_inference(prediction, output_size)
+    def forward(self, image: torch.Tensor, text_features: torch.Tensor) -> SANScores:
+        """Scores for image (1, 3, H, W) RGB 0..255; see :class:`OpenVocabModel` and :meth:`SANPrediction.scores`."""
+        return self.predict(image, text_features).scores()
 
     def _normalise_and_pad(self, image: torch.Tensor) -> torch.Tensor:
         """(1, 3, H, W) 0..255 -> normalised, zero-padded bottom/right to a multiple of

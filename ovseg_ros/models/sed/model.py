@@ -2,8 +2,9 @@
 
 normalise with CLIP's mean/std -> stretch to 768 x 768 -> ConvNeXt CLIP dense features
 -> cost volume with the class prompts -> gradual fusion decoder (optionally with category
-early rejection) -> sigmoid at 192 x 192 -> crop to the input image's size (a no-op unless
-a side of the input is below 192) -> bilinear resize to the output size.
+early rejection) -> sigmoid at 192 x 192, returned as
+:class:`~ovseg_ros.models.scores.UpsampledScores`: cropped to the input image's size (a no-op
+unless a side of the input is below 192) and resized bilinearly to the output size on demand.
 Test-time sliding window is off in the authors' evaluation and not implemented.
 One image at a time: the cost volume and category early rejection treat the class axis
 as the batch axis, as the authors' test path does (it reads only the first image).
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import OpenVocabModel, stage
+from ..scores import UpsampledScores
 from .decoder import SEDDecoder
 from .image_encoder import ImageEncoder
 from .text_encoder import TextEncoder
@@ -38,6 +40,7 @@ class SEDOutput:
         kept: (K,) their class ids (all T without CER).
         kept_per_stage: CER's cumulative kept ids before decoder stages 1..3; empty without CER.
         probs: (T, 192, 192) sigmoid probabilities; classes rejected by CER are exactly 0.
+        image_size: (H, W) of the image the model received.
     """
 
     clip_input: torch.Tensor
@@ -46,6 +49,18 @@ class SEDOutput:
     kept: torch.Tensor
     kept_per_stage: list[torch.Tensor]
     probs: torch.Tensor
+    image_size: tuple[int, int]
+
+    def scores(self) -> UpsampledScores:
+        """The probabilities as the authors post-process them, with detectron2's ``sem_seg_postprocess``.
+
+        That crops the map to ``image_size`` (unpadded: the authors set ``size_divisibility``
+        to -1 at test time), then resizes it bilinearly to the output size. The 192 x 192 map
+        covers the whole stretched image, so the crop is a no-op for ordinary images; where a
+        side of the input is below 192 (aspect ratios above about 13 : 1 once the long side is
+        capped at 2560) it keeps only the map's top or left part, and we keep it too.
+        """
+        return UpsampledScores(self.probs, self.image_size)
 
 
 class SED(OpenVocabModel):
@@ -92,24 +107,9 @@ class SED(OpenVocabModel):
         with stage("postprocess"):
             probs = decoded.logits.new_zeros((len(text_features), *decoded.logits.shape[-2:]))
             probs[decoded.kept] = decoded.logits.sigmoid()
-        return SEDOutput(clip_input, features.dense, decoded.logits, decoded.kept, decoded.kept_per_stage, probs)
+        return SEDOutput(clip_input, features.dense, decoded.logits, decoded.kept, decoded.kept_per_stage, probs,
+                         tuple(image.shape[-2:]))
 
-    @staticmethod
-    def postprocess(probs: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
-        """(T, 192, 192) -> (T, H0, W0) as the authors do it, with detectron2's ``sem_seg_postprocess``.
-
-        That crops the map to ``image_size``, the (H, W) of the image the model received
-        (unpadded: the authors set ``size_divisibility`` to -1 at test time), then resizes
-        it bilinearly to ``output_size``. The 192 x 192 map covers the whole stretched
-        image, so the crop is a no-op for ordinary images; where a side of the input is
-        below 192 (aspect ratios above about 13 : 1 once the long side is capped at 2560)
-        it keeps only the map's top or left part, and we keep it too.
-        """
-        height, width = image_size
-        return F.interpolate(probs[None, :, :height, :width], size=output_size, mode="bilinear", align_corners=False)[0]
-
-    def forward(self, image: torch.Tensor, text_features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        """(T, H0, W0) class probabilities for a (1, 3, H, W) RGB 0..255 image."""
-        probs = self.predict(image, text_features).probs
-        with stage("postprocess"):
-            return self.postprocess(probs, image.shape[-2:], output_size)
+    def forward(self, image: torch.Tensor, text_features: torch.Tensor) -> UpsampledScores:
+        """Class probabilities for a (1, 3, H, W) RGB 0..255 image; see :meth:`SEDOutput.scores`."""
+        return self.predict(image, text_features).scores()
