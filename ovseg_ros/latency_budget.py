@@ -37,6 +37,8 @@ Policy (hysteresis, so that K does not flip every frame):
   idle GPU). A failed probe costs at most ``m`` frames over budget, once per
   ``forget_after`` frames.
 * ``budget_ms == 0`` is off: K is ``max_topk`` and observations are only collected.
+* When the model's cost changes for a known reason (a new vocabulary: SED's decoder cost
+  grows with the class count), :meth:`forget` drops what was measured and keeps K.
 
 The budget may be changed at any time from another thread (a parameter callback) while one
 thread calls :meth:`observe`; a lock makes each call see one consistent state.
@@ -126,6 +128,16 @@ class CerBudget:
             self._measured: dict[int, tuple[float, int]] = {}
             self._frame = 0
             self._changes = 0
+
+    def forget(self) -> None:
+        """Drop every measurement but keep K: the model's cost changed (e.g. a new vocabulary).
+
+        The next decision is made on a fresh window at the current K, and a larger K may be
+        tried again at once instead of after ``forget_after`` frames.
+        """
+        with self._lock:
+            self._samples.clear()
+            self._measured.clear()
 
     def last_p95(self, topk: int) -> float | None:
         """The p95 (ms) last measured at ``topk``, None if unknown or forgotten."""

@@ -153,6 +153,22 @@ def test_larger_k_is_probed_again_after_load_drops():
     assert budget.topk == 8  # forgotten, probed, fits
 
 
+def test_forget_after_a_vocabulary_change():
+    classes = {"count": 847}
+    latency = lambda k: 10.0 + 0.1 * classes["count"] * k  # noqa: E731 -- decoder cost ~ classes x K
+    budget = CerBudget(max_topk=8, budget_ms=100.0, window=30, forget_after=10_000)
+    stream(budget, 100, latency)
+    assert budget.topk == 1  # 94.7 ms at 1, 179 at 2
+    classes["count"] = 100  # a smaller vocabulary: 8 fits now (90 ms)
+    budget.forget()
+    stream(budget, 3 * 30 + 5, latency)
+    assert budget.topk == 8 and budget.last_p95(8) == 90.0
+    classes["count"] = 847  # and back: down again in two frames per rung
+    budget.forget()
+    ks = stream(budget, 10, latency)
+    assert ks == [8, 8, 4, 4, 2, 2, 1, 1, 1, 1]
+
+
 def test_frames_in_flight_at_the_old_k_are_ignored():
     budget = CerBudget(max_topk=8, budget_ms=60.0, window=10)
     assert budget.observe(90.0, topk=8) == 4  # window 10: its p95 is its max
