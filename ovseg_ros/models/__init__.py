@@ -44,6 +44,7 @@ MODEL_BUILDERS: dict[str, Callable[[str | None], OpenVocabModel]] = {
     "san_vit_large_14": _san("vit_large_14"),
     # Development only (no released weights, labels meaningless): fast CPU tests of the node.
     "san_tiny_dev": _san("tiny_dev"),
+    "sed_tiny_dev": _sed("tiny_dev"),
 }
 
 #: Seed of the random weights used when no checkpoint is given (keeps runs repeatable).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -19,14 +19,33 @@ from .text_encoder import TextEncoder
 
 @dataclass(frozen=True)
 class VariantSpec:
+    #: open_clip model whose tokenizer, and config unless ``clip_config`` is given, are used.
     open_clip_name: str
     #: Channels of the ConvNeXt res4, res3, res2 outputs (the authors' DECODER_GUIDANCE_DIMS).
     image_guidance_dims: tuple[int, int, int]
+    #: ``open_clip.CLIP`` keyword arguments; None: open_clip's config of ``open_clip_name``.
+    clip_config: dict | None = None
+    #: :class:`SEDDecoder` widths other than the authors' (their configs use the defaults).
+    decoder_dims: dict = field(default_factory=dict)
 
 
 VARIANTS = {
     "convnext_base": VariantSpec("convnext_base_w_320", (512, 256, 128)),
     "convnext_large": VariantSpec("convnext_large_d_320", (768, 384, 192)),
+    # Development only: SED's code path with timm's 0.2M-parameter test ConvNeXt, a 2-layer
+    # text tower and a narrow decoder, no released weights, so that tests of CER, the
+    # node and the frame pipeline run on a CPU in a fraction of a second per frame.
+    "tiny_dev": VariantSpec(
+        "convnext_base_w_320",  # for its tokenizer (CLIP's BPE, 77 tokens)
+        (48, 32, 24),
+        clip_config={
+            "embed_dim": 32,
+            "vision_cfg": {"timm_model_name": "test_convnext", "timm_pool": "", "timm_proj": "linear", "image_size": 768},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+        },
+        decoder_dims={"hidden_dim": 16, "stage_dims": (16, 8, 4), "guidance_proj_dims": (8, 4, 2), "heads": 2,
+                      "kernel_size": 3},
+    ),
 }
 
 
@@ -45,7 +64,8 @@ def build_sed(
     model runs but its output is meaningless.
 
     Args:
-        variant: ``"convnext_base"`` or ``"convnext_large"`` (configs convnextB_768 / convnextL_768).
+        variant: ``"convnext_base"`` or ``"convnext_large"`` (configs convnextB_768 / convnextL_768),
+            or ``"tiny_dev"`` (development only: random weights, no checkpoint exists).
         checkpoint: the authors' ``model_final.pth``, loaded strictly (see
             :func:`~ovseg_ros.models.checkpoint.read_state_dict` for the accepted layouts).
         state_dict: the same tensors already in memory, with official key names.
@@ -69,7 +89,7 @@ def build_sed(
 
     # With weights to load, the CLIP towers skip initialisation (every tensor is loaded below).
     with torch.device("meta" if sources else "cpu"):
-        clip = open_clip.CLIP(**open_clip.get_model_config(spec.open_clip_name))
+        clip = open_clip.CLIP(**(spec.clip_config or open_clip.get_model_config(spec.open_clip_name)))
     image_encoder = ImageEncoder(clip.visual)
     text_encoder = TextEncoder(clip, open_clip.get_tokenizer(spec.open_clip_name))
     if sources:
@@ -77,7 +97,7 @@ def build_sed(
         text_encoder.to_empty(device="cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        decoder = SEDDecoder(spec.image_guidance_dims, pooling_size)
+        decoder = SEDDecoder(spec.image_guidance_dims, pooling_size, **spec.decoder_dims)
     model = SED(variant, image_encoder, text_encoder, decoder, cer_topk)
 
     if clip_weights is not None:
