@@ -177,7 +177,7 @@ def image():
 def test_forward_returns_scores_per_class(tiny_model, image):
     text = tiny_model.encode_text(["sky", "road", "sofa, couch"])
     assert text.shape == (3, TINY.embed_dim)
-    scores = tiny_model(image, text, output_size=(35, 45))
+    scores = tiny_model(image, text).full((35, 45))
     assert scores.shape == (3, 35, 45) and torch.isfinite(scores).all()
 
 

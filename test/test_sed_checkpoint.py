@@ -127,6 +127,6 @@ def test_category_early_rejection_rejects(fixtures_dir):
     assert [len(kept) for kept in out.kept_per_stage] == [18, 18, 18]
     assert np.array_equal(out.kept.numpy(), expected_kept)
     rejected = np.setdiff1d(np.arange(24), expected_kept)
-    final = model.postprocess(out.probs, image.shape[-2:], tuple(case["original_hw"]))
+    final = out.scores().full(tuple(case["original_hw"]))
     assert torch.all(final[rejected] == 0)
     assert torch.all(final[expected_kept] > 0)

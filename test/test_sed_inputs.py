@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg_ros.models.sed import build_sed
-from ovseg_ros.segmenter import Segmenter, Vocabulary, resized_shape
+from ovseg_ros.segmenter import Segmenter, resized_shape
 from ovseg_ros.tools.check_parity import seeded_state_dict
 
 
@@ -25,7 +25,7 @@ def case(fixtures_dir):
         text = torch.from_numpy(arrays["text_features"])
     rgb = cv2.cvtColor(cv2.imread(str(case_dir / "image.png")), cv2.COLOR_BGR2RGB)
     segmenter = Segmenter(build_sed("convnext_base", state_dict=seeded_state_dict(case, case_dir)))
-    return segmenter, Vocabulary(tuple(case["class_names"]), text, 1), rgb
+    return segmenter, text, rgb
 
 
 def sem_seg_postprocess(result, img_size, output_height, output_width):
@@ -40,40 +40,42 @@ def test_panoramic_strip_follows_the_authors_postprocessing(case):
     """A 40 x 2400 strip: capped at a 2560 long side it reaches the model as 43 x 2560, below
     SED's 192 x 192 output, so the authors' crop keeps the map's top 43 rows. The authors pad
     nothing at test time (size_divisibility -1), so image_size is the resized image's size."""
-    segmenter, vocabulary, image = case
+    segmenter, text, image = case
     strip = cv2.resize(image[200:232], (2400, 40), interpolation=cv2.INTER_AREA)
     assert resized_shape(40, 2400) == (43, 2560)
 
-    result = segmenter.segment(strip, vocabulary)
     with torch.inference_mode():
-        model_input = segmenter.preprocess(strip)
-        probs = segmenter.model.predict(model_input, vocabulary.text_features).probs
+        model_input = segmenter.preprocess(torch.from_numpy(strip))
+        scores = segmenter.scores(model_input, text)
+        confidence, labels = scores.best((40, 2400))
+        probs = segmenter.model.predict(model_input, text).probs
     assert tuple(model_input.shape[-2:]) == (43, 2560) and tuple(probs.shape[-2:]) == (192, 192)
     reference = sem_seg_postprocess(probs, (43, 2560), 40, 2400)
     uncropped = F.interpolate(probs[None], size=(40, 2400), mode="bilinear", align_corners=False)[0]
 
     reference_labels = reference.argmax(0).numpy()
-    agreement = float(np.mean(result.labels == reference_labels))
+    agreement = float(np.mean(labels.numpy() == reference_labels))
     uncropped_agreement = float(np.mean(uncropped.argmax(0).numpy() == reference_labels))
     print(f"40x2400 strip: labels agree with the authors' post-processing on {agreement:.4f} of the pixels; "
           f"without the crop on {uncropped_agreement:.4f}")
     assert agreement == 1.0
-    assert float((result.scores - reference).abs().max()) < 1e-6
+    assert float((scores.full((40, 2400)) - reference).abs().max()) < 1e-6
+    assert torch.equal(confidence, reference.max(0).values)
     assert uncropped_agreement < 0.9  # the crop matters here: the check above can fail
 
 
 def test_ordinary_image_is_not_cropped(case):
     """On the fixture's 480 x 640 image (model input 640 x 853) the crop keeps the whole map."""
-    segmenter, vocabulary, image = case
+    segmenter, text, image = case
     with torch.inference_mode():
-        model_input = segmenter.preprocess(image)
-        probs = segmenter.model.predict(model_input, vocabulary.text_features).probs
-        final = segmenter.model.postprocess(probs, model_input.shape[-2:], (480, 640))
+        model_input = segmenter.preprocess(torch.from_numpy(image))
+        prediction = segmenter.model.predict(model_input, text)
+        probs, final = prediction.probs, prediction.scores().full((480, 640))
     assert torch.equal(final, F.interpolate(probs[None], size=(480, 640), mode="bilinear", align_corners=False)[0])
 
 
 def test_batch_of_two_is_refused_clearly(case):
-    segmenter, vocabulary, _ = case
+    segmenter, text, _ = case
     images = torch.zeros(2, 3, 64, 96)
     with pytest.raises(ValueError, match=r"SED takes one image.*got \(2, 3, 64, 96\)"):
-        segmenter.model(images, vocabulary.text_features, output_size=(64, 96))
+        segmenter.model(images, text)

@@ -1,7 +1,7 @@
 """SAN (Side Adapter Network, Xu et al. CVPR 2023) in plain PyTorch.
 
     model = build_san("vit_b_16", checkpoint="san_vit_b_16.pth")
-    scores = model(image, model.encode_text(["sky", "road"]), output_size=(480, 640))
+    scores = model(image, model.encode_text(["sky", "road"])).best((480, 640))
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ class VariantSpec:
     clip_config: dict | None = None
     #: :class:`SEDDecoder` widths other than the authors' (their configs use the defaults).
     decoder_dims: dict = field(default_factory=dict)
+    #: Size the image is stretched to for the CLIP tower (the decoder works at a quarter of it).
+    clip_input_size: tuple[int, int] = (768, 768)
 
 
 VARIANTS = {
@@ -45,6 +47,7 @@ VARIANTS = {
         },
         decoder_dims={"hidden_dim": 16, "stage_dims": (16, 8, 4), "guidance_proj_dims": (8, 4, 2), "heads": 2,
                       "kernel_size": 3},
+        clip_input_size=(256, 256),
     ),
 }
 
@@ -98,7 +101,7 @@ def build_sed(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         decoder = SEDDecoder(spec.image_guidance_dims, pooling_size, **spec.decoder_dims)
-    model = SED(variant, image_encoder, text_encoder, decoder, cer_topk)
+    model = SED(variant, image_encoder, text_encoder, decoder, cer_topk, spec.clip_input_size)
 
     if clip_weights is not None:
         official = {SED_CLIP_PREFIX + key: value for key, value in read_state_dict(clip_weights).items()}

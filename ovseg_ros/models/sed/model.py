@@ -72,9 +72,10 @@ class SED(OpenVocabModel):
     """
 
     def __init__(self, variant: str, image_encoder: ImageEncoder, text_encoder: TextEncoder,
-                 decoder: SEDDecoder, cer_topk: int | None = None):
+                 decoder: SEDDecoder, cer_topk: int | None = None, clip_input_size: tuple[int, int] = CLIP_INPUT_SIZE):
         super().__init__()
         self.variant = f"sed_{variant}"
+        self.clip_input_size = clip_input_size
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.decoder = decoder
@@ -87,9 +88,10 @@ class SED(OpenVocabModel):
         return self.text_encoder(class_names)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) RGB 0..255 -> (1, 3, 768, 768) normalised CLIP input (aspect not kept)."""
+        """(1, 3, H, W) RGB 0..255 -> (1, 3, *clip_input_size) normalised CLIP input (aspect not
+        kept; 768 x 768 for the released variants)."""
         normalised = (image - self.pixel_mean) / self.pixel_std
-        return F.interpolate(normalised, size=CLIP_INPUT_SIZE, mode="bilinear", align_corners=False)
+        return F.interpolate(normalised, size=self.clip_input_size, mode="bilinear", align_corners=False)
 
     @torch.inference_mode()
     def predict(self, image: torch.Tensor, text_features: torch.Tensor) -> SEDOutput:
