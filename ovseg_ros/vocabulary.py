@@ -1,15 +1,22 @@
-"""Class names: validation, and a persistent cache of their text embeddings.
+"""Vocabularies: class names, their validation, text embeddings (cached on disk), versions.
 
 A vocabulary is a list of class names as a user types them. ``"sofa, couch"`` is one
 class with two synonyms (the models split on ``", "``). Names are validated before any
 model sees them so that a bad request gets a clear answer, not a crash.
+
+A :class:`Vocabulary` is immutable and carries a version. The :class:`VocabularyManager`
+encodes a new one (on whatever thread asks, usually not the frames' one) and swaps it in
+as a whole; a frame reads :attr:`VocabularyManager.current` once, so it is labeled by
+exactly one vocabulary and says which.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import unicodedata
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,6 +32,74 @@ MAX_NAME_CHARS = 150
 
 class VocabularyError(ValueError):
     """A vocabulary request that cannot be honoured; the message says why."""
+
+
+def unlabeled_id(num_classes: int) -> int:
+    """Label value for "no class": 255 in mono8 labels (<= 254 classes), else 65535 (mono16)."""
+    return 255 if num_classes <= 254 else 65535
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Class names with their text features, as one immutable unit.
+
+    Attributes:
+        names: the validated class names; label id i is ``names[i]``.
+        text_features: (T, ...) float32, as the model's ``encode_text`` returns, on its device.
+        version: > 0 once installed by a :class:`VocabularyManager`; never names two class lists.
+    """
+
+    names: tuple[str, ...]
+    text_features: torch.Tensor
+    version: int
+
+    @property
+    def unlabeled_id(self) -> int:
+        return unlabeled_id(len(self.names))
+
+
+class VocabularyManager:
+    """The current vocabulary of a segmenter: encoding, versions, and the swap between frames.
+
+    Versions count over the manager's life, across encoders (a node keeps one manager and
+    attaches each configuration's segmenter), so a version never names two class lists.
+    Encoding runs on the caller's thread; the swap is one attribute assignment, so a frame
+    that read :attr:`current` keeps that vocabulary whatever happens meanwhile.
+
+    Args:
+        encode: ``list[str] -> (T, ...)`` text features (e.g. ``Segmenter.encode_text``), or
+            None until :meth:`attach` gives one.
+    """
+
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor] | None = None) -> None:
+        self._encode = encode
+        self._lock = threading.Lock()
+        self._last_version = 0
+        self.current: Vocabulary | None = None
+
+    def attach(self, encode: Callable[[list[str]], torch.Tensor] | None) -> None:
+        """Encode with ``encode`` from now on (None: detach); the current vocabulary is dropped."""
+        with self._lock:
+            self._encode = encode
+            self.current = None
+
+    def encode(self, names: Iterable[str]) -> Vocabulary:
+        """Validate ``names`` and compute their text features; not installed (version 0).
+
+        Raises :class:`VocabularyError` for bad names or when no encoder is attached.
+        """
+        encode = self._encode
+        if encode is None:
+            raise VocabularyError("no model to encode the vocabulary with (the node is not configured)")
+        names = validate_class_names(names)
+        return Vocabulary(tuple(names), encode(names).float(), 0)
+
+    def install(self, vocabulary: Vocabulary) -> Vocabulary:
+        """Make ``vocabulary`` current under the next version; returns the installed one."""
+        with self._lock:
+            self._last_version += 1
+            self.current = Vocabulary(vocabulary.names, vocabulary.text_features, self._last_version)
+            return self.current
 
 
 def validate_class_names(names: Iterable[str]) -> list[str]:

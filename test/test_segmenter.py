@@ -13,7 +13,7 @@ from ovseg_ros.models import build_model
 from ovseg_ros.models.sed import build_sed
 from ovseg_ros.segmenter import Segmenter, resized_shape
 from ovseg_ros.tools.check_parity import seeded_state_dict
-from ovseg_ros.vocabulary import TextEmbeddingCache, VocabularyError, load_class_list
+from ovseg_ros.vocabulary import TextEmbeddingCache, VocabularyError, VocabularyManager, load_class_list
 
 RGB = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
 
@@ -23,38 +23,33 @@ def tiny():
     return Segmenter(build_model("san_tiny_dev"))
 
 
-def test_set_vocabulary_then_segment_at_input_resolution(tiny):
-    first = tiny.set_vocabulary(["wall", "floor", "box"])
-    result = tiny.segment(RGB)
-    assert result.vocabulary is first and first.version == 1
-    assert result.labels.shape == (60, 80) and result.labels.dtype == np.uint8
-    assert result.scores.shape == (3, 60, 80)
-    assert np.array_equal(result.labels, result.scores.argmax(0).numpy())
-    assert np.allclose(result.confidence, result.scores.max(0).values.numpy())
-    assert tiny.set_vocabulary(["sky"]).version == 2
+def scores_of(segmenter: Segmenter, rgb: np.ndarray, text: torch.Tensor) -> torch.Tensor:
+    """(T, H, W) full-resolution scores (tests only: the frame path never makes them)."""
+    with torch.inference_mode():
+        return segmenter.scores(segmenter.preprocess(torch.from_numpy(rgb)), text).full(rgb.shape[:2])
 
 
-def test_more_than_254_classes_give_mono16_labels(tiny):
-    vocabulary = tiny.encode_vocabulary([f"class {i}" for i in range(255)])
-    result = tiny.segment(RGB, vocabulary)
-    assert vocabulary.unlabeled_id == 65535 and result.labels.dtype == np.uint16
+def test_scores_at_input_resolution(tiny):
+    text = tiny.encode_text(["wall", "floor", "box"])
+    assert text.dtype == torch.float32 and len(text) == 3
+    assert scores_of(tiny, RGB, text).shape == (3, 60, 80)
 
 
-def test_min_score_marks_weak_pixels_unlabeled(tiny):
-    vocabulary = tiny.encode_vocabulary(["wall", "floor"])
-    tiny.min_score = float(np.median(tiny.segment(RGB, vocabulary).confidence))
-    try:
-        labels = tiny.segment(RGB, vocabulary).labels
-    finally:
-        tiny.min_score = 0.0
-    assert 0.3 < np.mean(labels == 255) < 0.7
+def test_vocabulary_manager_versions_and_validation(tiny):
+    vocabularies = VocabularyManager(tiny.encode_text)
+    first = vocabularies.install(vocabularies.encode(["wall", "floor", "box"]))
+    assert vocabularies.current is first and first.version == 1
+    with pytest.raises(VocabularyError, match="duplicates"):
+        vocabularies.encode(["a", "a"])
+    vocabularies.attach(tiny.encode_text)  # a new configuration: versions go on
+    assert vocabularies.current is None
+    assert vocabularies.install(vocabularies.encode(["sky"])).version == 2
+    vocabularies.attach(None)
+    with pytest.raises(VocabularyError, match="not configured"):
+        vocabularies.encode(["sky"])
 
 
-def test_bad_input_is_refused_clearly(tiny):
-    with pytest.raises(VocabularyError):
-        tiny.encode_vocabulary(["a", "a"])
-    with pytest.raises(ValueError, match="uint8 RGB"):
-        tiny.segment(RGB[..., 0], tiny.encode_vocabulary(["a"]))
+def test_cer_is_refused_for_models_without_it():
     with pytest.raises(ValueError, match="no category early rejection"):
         Segmenter(build_model("san_tiny_dev"), cer_topk=8)
 
@@ -75,6 +70,7 @@ def test_engine_imports_without_rclpy():
     code = (
         "import sys; sys.modules['rclpy'] = None\n"
         "import ovseg_ros.segmenter, ovseg_ros.models.sed, ovseg_ros.models.san, ovseg_ros.vocabulary, "
+        "ovseg_ros.frame_pipeline, ovseg_ros.frame_stream, ovseg_ros.latency_budget, "
         "ovseg_ros.smoothing, ovseg_ros.rendering, ovseg_ros.image_codec, ovseg_ros.bag, ovseg_ros.tools.check_parity\n"
         "assert 'rclpy' not in {m.split('.')[0] for m, v in sys.modules.items() if v is not None}\n"
     )
@@ -92,10 +88,10 @@ def test_preprocessing_deviation_from_the_authors_path_is_small(fixtures_dir):
     reference = np.load(case_dir / "arrays.npz")
     segmenter = Segmenter(build_sed("convnext_base", state_dict=seeded_state_dict(case, case_dir)))
     rgb = cv2.cvtColor(cv2.imread(str(case_dir / "image.png")), cv2.COLOR_BGR2RGB)
-    vocabulary = segmenter.encode_vocabulary(case["class_names"])
+    text = segmenter.encode_text(case["class_names"])
     with torch.inference_mode():
-        probs = segmenter.model.predict(segmenter.preprocess(rgb), vocabulary.text_features).probs.numpy()
-    labels = segmenter.segment(rgb, vocabulary).labels
+        probs = segmenter.model.predict(segmenter.preprocess(torch.from_numpy(rgb)), text).probs.numpy()
+    labels = scores_of(segmenter, rgb, text).argmax(0).numpy()
     diff = np.abs(probs - reference["normal_probs"])
     agreement = float(np.mean(labels == reference["sem_seg_argmax"]))
     print(f"preprocessing deviation: max abs {diff.max():.2e}, mean abs {diff.mean():.2e}, argmax agreement {agreement:.5f}")
@@ -107,10 +103,10 @@ def test_preprocessing_deviation_from_the_authors_path_is_small(fixtures_dir):
 def test_reduced_precision_runs_and_stays_close_to_fp32(precision):
     fp32 = Segmenter(build_model("san_tiny_dev"))
     reduced = Segmenter(build_model("san_tiny_dev"), precision=precision)
-    vocabulary = fp32.encode_vocabulary(["wall", "floor", "box"])
-    reference, result = fp32.segment(RGB, vocabulary), reduced.segment(RGB, vocabulary)
-    assert result.scores.dtype == torch.float32
-    drift = float((result.scores - reference.scores).abs().max())
+    text = fp32.encode_text(["wall", "floor", "box"])
+    reference, result = scores_of(fp32, RGB, text), scores_of(reduced, RGB, text)
+    assert result.dtype == torch.float32
+    drift = float((result - reference).abs().max())
     print(f"{precision} drift vs fp32 (tiny SAN, CPU): {drift:.2e}")
     assert drift < 0.1
     with pytest.raises(ValueError, match="precision"):
@@ -123,7 +119,7 @@ def test_text_cache_never_serves_another_precisions_embeddings(tmp_path):
 
     def encode(precision, cached=True):
         cache = TextEmbeddingCache(tmp_path, model.variant, "random") if cached else None
-        features = Segmenter(model, precision=precision, text_cache=cache).encode_vocabulary(names).text_features
+        features = Segmenter(model, precision=precision, text_cache=cache).encode_text(names)
         return features, cache
 
     fp32, _ = encode("fp32")
@@ -136,10 +132,10 @@ def test_text_cache_never_serves_another_precisions_embeddings(tmp_path):
 
 
 def test_channels_last_gives_the_same_scores():
-    vocabulary = None
+    text = None
     results = []
     for channels_last in (False, True):
         segmenter = Segmenter(build_model("san_tiny_dev"), channels_last=channels_last)
-        vocabulary = vocabulary or segmenter.encode_vocabulary(["wall", "floor"])
-        results.append(segmenter.segment(RGB, vocabulary).scores)
+        text = segmenter.encode_text(["wall", "floor"]) if text is None else text
+        results.append(scores_of(segmenter, RGB, text))
     assert torch.allclose(results[0], results[1], atol=1e-4)

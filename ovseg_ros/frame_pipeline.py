@@ -1,0 +1,392 @@
+"""The frame path: one camera image in, everything the node publishes out, ROS-free.
+
+    pipeline = FramePipeline(segmenter, vocabularies, TemporalSmoother("none"))
+    outputs = pipeline.process(RawImageData("rgb8", 480, 640, 1920, data), stamp_s, OutputRequest(color=True))
+    outputs.labels, outputs.color, outputs.pixel_fractions, outputs.timings_ms
+
+A frame walks down through the stages, each called from here and in this order:
+
+1. :meth:`FramePipeline.prepare`: decode (:mod:`~ovseg_ros.image_codec`, on the CPU), upload
+   through a persistent pinned staging buffer, resize to the model's input
+   (:meth:`Segmenter.preprocess`), on an upload stream of its own on CUDA.
+2. :meth:`FramePipeline.infer`: model (:class:`Segmenter`), temporal smoothing of the coarse
+   scores (:class:`TemporalSmoother`), labels by a chunked argmax at the image's size
+   (:meth:`ClassScores.best`: no (T, H, W) scores ever exist), rendering of the requested
+   outputs (:class:`Renderer`), then one device-to-host copy per output into pinned buffers,
+   all queued on the compute stream without waiting for it.
+3. :meth:`FramePipeline.finish`: waits for that frame's copies; stage times from CUDA events.
+
+:meth:`FramePipeline.process` runs the three in series; :class:`~ovseg_ros.frame_stream.FrameStream`
+runs them overlapped, on threads of their own. Both are the same frame path. On the CPU the
+same code runs with tensors that share memory with numpy arrays, no copies, and the
+renderer's cv2 paths.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .image_codec import decode_compressed, decode_image
+from .latency_budget import CerBudget
+from .models.base import stage
+from .rendering import Renderer
+from .segmenter import Segmenter
+from .smoothing import TemporalSmoother
+from .vocabulary import Vocabulary, VocabularyError, VocabularyManager
+
+#: Frames whose outputs may be alive at once (being published, in the stream's hand-off,
+#: being inferred): the pinned output buffers are a ring this long, so a frame's arrays are
+#: not overwritten while its messages are still being built.
+OUTPUT_RING = 4
+
+
+@dataclass(frozen=True)
+class RawImageData:
+    """The fields of a ``sensor_msgs/Image`` (``data`` may be any buffer: no copy is made)."""
+
+    encoding: str
+    height: int
+    width: int
+    step: int
+    data: bytes | memoryview
+    is_bigendian: bool = False
+
+
+@dataclass(frozen=True)
+class CompressedImageData:
+    """The fields of a ``sensor_msgs/CompressedImage`` (jpeg or png)."""
+
+    format: str
+    data: bytes | memoryview
+
+
+ImageData = RawImageData | CompressedImageData
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """Which outputs to compute besides labels, class fractions and timings (they cost time).
+
+    ``masks`` are class ids of vocabulary version ``masks_version``; they are rendered only
+    when the frame is labeled with that version (after a vocabulary change the ids may mean
+    other classes).
+    """
+
+    color: bool = False
+    overlay: bool = False
+    confidence: bool = False
+    masks: tuple[int, ...] = ()
+    masks_version: int = 0
+    overlay_alpha: float = 0.5
+
+
+@dataclass
+class FrameOutputs:
+    """Everything published for one frame, as host arrays ready to copy into messages.
+
+    Attributes:
+        labels: (H, W) uint8 (<= 254 classes) or uint16; ``vocabulary.unlabeled_id`` = none.
+        vocabulary: the vocabulary that labeled the frame.
+        pixel_fractions: (T,) float32 share of the image's pixels per class.
+        present_class_ids: (P,) uint16 ids with at least one pixel, ascending.
+        color, overlay: (H, W, 3) uint8 RGB, when requested.
+        confidence: (H, W) uint8, winning score x 255, when requested.
+        masks: class id -> (H, W) uint8 (255 = class), for the requested ids.
+        cer_topk: CER's K that this frame ran with (0: off, or a model without CER).
+        smoothing_reset: why temporal smoothing restarted at this frame, or None.
+        timings_ms: ``decode``, ``preprocess`` (upload, resize), ``model``, ``postprocess``
+            (smoothing, argmax, rendering) and ``download`` (device to host).
+    """
+
+    labels: np.ndarray
+    vocabulary: Vocabulary
+    pixel_fractions: np.ndarray
+    present_class_ids: np.ndarray
+    color: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    cer_topk: int = 0
+    smoothing_reset: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class PipelineError(RuntimeError):
+    """A frame that cannot be processed for a reason other than its pixels (no vocabulary)."""
+
+
+class StageClock:
+    """Stage boundaries of one frame: CUDA events on the device (no synchronisation), wall
+    time on the CPU, where every operation has finished when it returns."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._marks: list[tuple[str, object]] = []
+
+    def mark(self, name: str, stream: torch.cuda.Stream | None = None) -> None:
+        """The end of stage ``name`` (the start, for the first mark)."""
+        if self._cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(stream)
+            self._marks.append((name, event))
+        else:
+            self._marks.append((name, time.perf_counter()))
+
+    def elapsed_ms(self) -> dict[str, float]:
+        """Milliseconds per stage; on CUDA, once the last marked event has completed."""
+        times = {}
+        for (_, start), (name, end) in zip(self._marks, self._marks[1:]):
+            times[name] = start.elapsed_time(end) if self._cuda else (end - start) * 1000.0
+        return times
+
+
+class PinnedRing:
+    """Page-locked host buffers, reused: a fresh ``pin_memory()`` per frame costs more than
+    the copy. ``slot`` picks one of ``size`` sets, so buffers of frames still in use are
+    not overwritten."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def buffer(self, slot: int, name: str, like: torch.Tensor) -> torch.Tensor:
+        key = (slot % self.size, name)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype:
+            buffer = self._buffers[key] = torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
+        return buffer
+
+
+@dataclass
+class PreparedFrame:
+    """A frame on the device, resized for the model (output of :meth:`FramePipeline.prepare`)."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8 host image (optical flow runs on the CPU)
+    image: torch.Tensor  # (H, W, 3) uint8 on the device (the overlay's background)
+    model_input: torch.Tensor  # (1, 3, H', W') float32 0..255
+    clock: StageClock
+    ready: torch.cuda.Event | None  # CUDA: the upload stream's work for this frame is queued before it
+
+
+@dataclass
+class InferredFrame:
+    """A frame whose outputs are queued for download (output of :meth:`FramePipeline.infer`).
+
+    ``host`` holds the host arrays ``labels``, ``counts`` and the requested images; on CUDA
+    the device may still be writing them until ``done``.
+    """
+
+    host: dict[str, np.ndarray]
+    vocabulary: Vocabulary
+    mask_ids: list[int]
+    cer_topk: int
+    smoothing_reset: str | None
+    clock: StageClock
+    done: torch.cuda.Event | None
+
+
+class FramePipeline:
+    """Decode, preprocess, model, smoothing, labels and rendering of camera frames.
+
+    Args:
+        segmenter: the model facade (device, precision, CER).
+        vocabularies: whose :attr:`~VocabularyManager.current` vocabulary labels each frame,
+            read once per frame.
+        smoother: temporal smoothing of the coarse scores (mode ``"none"`` to switch it off).
+        palette: class colours, ``"name"`` or ``"index"`` (see :mod:`ovseg_ros.rendering`).
+        min_score: pixels whose best score is below this are unlabeled.
+        cer_budget: adapts CER's K to a latency budget (SED with ``cer_topk`` only).
+
+    :meth:`prepare` is called from one thread at a time and :meth:`infer` from one thread at
+    a time (they may be two different threads); :meth:`finish` from any.
+    """
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        vocabularies: VocabularyManager,
+        smoother: TemporalSmoother,
+        palette: str = "name",
+        min_score: float = 0.0,
+        cer_budget: CerBudget | None = None,
+    ) -> None:
+        self.segmenter = segmenter
+        self.vocabularies = vocabularies
+        self.smoother = smoother
+        self.palette = palette
+        self.min_score = min_score
+        self.cer_budget = cer_budget
+        self.device = segmenter.device
+        self._cuda = self.device.type == "cuda"
+        self._renderer: tuple[int, Renderer] | None = None  # (vocabulary version, renderer)
+        if self._cuda:
+            self._upload_stream = torch.cuda.Stream(self.device)
+            self._compute_stream = torch.cuda.Stream(self.device)
+            self._staging = PinnedRing(2)
+            self._staging_free: list[torch.cuda.Event | None] = [None, None]
+            self._downloads = PinnedRing(OUTPUT_RING)
+        self._frames_prepared = 0
+        self._frames_inferred = 0
+
+    # -- stages ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prepare(self, image: ImageData) -> PreparedFrame:
+        """Decode ``image`` and queue its upload and resize. Raises :class:`ImageError` for bad pixels."""
+        clock = StageClock(self.device)
+        clock.mark("start")
+        with stage("decode"):
+            rgb = _decode(image)
+        clock.mark("decode")
+        if not self._cuda:
+            pixels = torch.from_numpy(rgb)
+            with stage("preprocess"):
+                model_input = self.segmenter.preprocess(pixels)
+            clock.mark("preprocess")
+            return PreparedFrame(rgb, pixels, model_input, clock, None)
+
+        slot = self._frames_prepared % 2
+        self._frames_prepared += 1
+        staging = self._staging.buffer(slot, "rgb", torch.from_numpy(rgb))
+        if self._staging_free[slot] is not None:
+            self._staging_free[slot].synchronize()  # its copy of two frames ago has finished
+        staging.numpy()[...] = rgb
+        with torch.cuda.stream(self._upload_stream), stage("preprocess"):
+            clock.mark("decode_done", self._upload_stream)
+            pixels = staging.to(self.device, non_blocking=True)
+            uploaded = torch.cuda.Event()
+            uploaded.record(self._upload_stream)
+            self._staging_free[slot] = uploaded
+            model_input = self.segmenter.preprocess(pixels)
+            clock.mark("preprocess", self._upload_stream)
+            ready = torch.cuda.Event()
+            ready.record(self._upload_stream)
+        return PreparedFrame(rgb, pixels, model_input, clock, ready)
+
+    @torch.inference_mode()
+    def infer(self, prepared: PreparedFrame, stamp_s: float, request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None) -> InferredFrame:
+        """Label ``prepared`` with ``vocabulary`` (default: the current one) and queue its outputs' download."""
+        vocabulary = vocabulary or self.vocabularies.current
+        if vocabulary is None:
+            raise PipelineError("no vocabulary is installed")
+        slot = self._frames_inferred
+        self._frames_inferred += 1
+        if not self._cuda:
+            return self._infer_on_device(prepared, vocabulary, stamp_s, request, slot)
+        with torch.cuda.stream(self._compute_stream):
+            self._compute_stream.wait_event(prepared.ready)
+            # Made on the upload stream, used on this one: not to be reused before this frame is done.
+            prepared.image.record_stream(self._compute_stream)
+            prepared.model_input.record_stream(self._compute_stream)
+            prepared.clock.mark("wait", self._compute_stream)
+            inferred = self._infer_on_device(prepared, vocabulary, stamp_s, request, slot)
+            inferred.done = torch.cuda.Event()
+            inferred.done.record(self._compute_stream)
+        return inferred
+
+    def finish(self, inferred: InferredFrame) -> FrameOutputs:
+        """The frame's outputs once its downloads have completed, with its stage times."""
+        if inferred.done is not None:
+            inferred.done.synchronize()
+        host = inferred.host
+        timings = inferred.clock.elapsed_ms()
+        for waiting in ("wait", "decode_done"):  # queueing between streams, not work
+            timings.pop(waiting, None)
+        if self.cer_budget is not None:
+            self.cer_budget.observe(timings["model"], topk=inferred.cer_topk)
+        labels, counts = host["labels"], host["counts"]
+        names = inferred.vocabulary.names
+        return FrameOutputs(
+            labels=labels.view(np.uint16) if labels.dtype == np.int16 else labels,  # ids >= 32768 travel wrapped
+            vocabulary=inferred.vocabulary,
+            pixel_fractions=(counts[: len(names)] / labels.size).astype(np.float32),
+            present_class_ids=np.flatnonzero(counts[: len(names)]).astype(np.uint16),
+            color=host.get("color"),
+            overlay=host.get("overlay"),
+            confidence=host.get("confidence"),
+            masks=dict(zip(inferred.mask_ids, host["masks"])) if inferred.mask_ids else {},
+            cer_topk=inferred.cer_topk,
+            smoothing_reset=inferred.smoothing_reset,
+            timings_ms=timings,
+        )
+
+    def process(self, image: ImageData, stamp_s: float, request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None) -> FrameOutputs:
+        """The three stages in series: one frame in, its outputs out."""
+        return self.finish(self.infer(self.prepare(image), stamp_s, request, vocabulary))
+
+    def warm_up(self, vocabulary: Vocabulary, height: int = 480, width: int = 640) -> float:
+        """One black frame through every stage (allocator, kernel selection); wall ms."""
+        start = time.perf_counter()
+        data = bytes(height * width * 3)
+        every_output = OutputRequest(color=True, overlay=True, confidence=True, masks=(0,), masks_version=vocabulary.version)
+        self.process(RawImageData("rgb8", height, width, width * 3, data), 0.0, every_output, vocabulary)
+        self.smoother.reset()
+        if self.cer_budget is not None:
+            self.cer_budget.reset()  # the warm-up frame's time is not the model's
+        return (time.perf_counter() - start) * 1000.0
+
+    def set_cer_topk(self, cer_topk: int | None, budget_ms: float = 0.0) -> None:
+        """Change CER's (largest) K at run time; None switches CER off."""
+        self.segmenter.cer_topk = cer_topk
+        self.cer_budget = CerBudget(cer_topk, budget_ms) if cer_topk else None
+
+    # -- on the device ------------------------------------------------------------------
+
+    def _infer_on_device(self, prepared: PreparedFrame, vocabulary: Vocabulary, stamp_s: float, request: OutputRequest, slot: int) -> InferredFrame:
+        cer_topk = self.cer_budget.topk if self.cer_budget is not None else self.segmenter.cer_topk
+        scores = self.segmenter.scores(prepared.model_input, vocabulary.text_features, cer_topk)
+        prepared.clock.mark("model")
+        smoothing_reset = None
+        if self.smoother.mode != "none":
+            with stage("smoothing"):
+                coarse = self.smoother.update(scores.coarse(), prepared.rgb, stamp_s, vocabulary.version)
+                smoothing_reset = self.smoother.last_reset_reason
+                scores = scores.with_coarse(coarse)
+        with stage("postprocess"):
+            confidence, best = scores.best(tuple(prepared.rgb.shape[:2]))
+            unlabeled = vocabulary.unlabeled_id
+            labels = best.to(torch.uint8 if unlabeled == 255 else torch.int32)
+            if self.min_score > 0:
+                labels[confidence < self.min_score] = unlabeled
+            renderer = self._renderer_for(vocabulary)
+            counts = renderer.class_counts(labels)
+            device_outputs = {"labels": labels if unlabeled == 255 else labels.to(torch.int16), "counts": counts}
+            if request.color or request.overlay:
+                color = renderer.colorize(labels)
+                if request.color:
+                    device_outputs["color"] = color
+                if request.overlay:
+                    device_outputs["overlay"] = renderer.overlay(prepared.image, color, request.overlay_alpha)
+            if request.confidence:
+                device_outputs["confidence"] = renderer.confidence(confidence)
+            mask_ids = list(request.masks) if request.masks_version == vocabulary.version else []
+            if mask_ids:
+                device_outputs["masks"] = renderer.masks(labels, mask_ids)
+        prepared.clock.mark("postprocess")
+        with stage("download"):
+            host = {name: self._to_host(tensor, name, slot) for name, tensor in device_outputs.items()}
+        prepared.clock.mark("download")
+        return InferredFrame(host, vocabulary, mask_ids, cer_topk or 0, smoothing_reset, prepared.clock, None)
+
+    def _to_host(self, tensor: torch.Tensor, name: str, slot: int) -> np.ndarray:
+        """A host array of ``tensor``: on CUDA a queued copy into a pinned buffer; on the CPU a view."""
+        if not self._cuda:
+            return tensor.numpy()
+        buffer = self._downloads.buffer(slot, name, tensor)
+        buffer.copy_(tensor, non_blocking=True)
+        return buffer.numpy()
+
+    def _renderer_for(self, vocabulary: Vocabulary) -> Renderer:
+        if self._renderer is None or self._renderer[0] != vocabulary.version:
+            self._renderer = (vocabulary.version, Renderer(list(vocabulary.names), self.palette, self.device))
+        return self._renderer[1]
+
+
+def _decode(image: ImageData) -> np.ndarray:
+    if isinstance(image, CompressedImageData):
+        return decode_compressed(image.format, image.data)
+    return decode_image(image.encoding, image.height, image.width, image.step, image.data, image.is_bigendian)

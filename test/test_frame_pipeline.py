@@ -1,0 +1,208 @@
+"""The frame path, ROS-free: FramePipeline stage by stage and FrameStream's overlapped threads."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ovseg_ros.frame_pipeline import CompressedImageData, FramePipeline, OutputRequest, PipelineError, RawImageData
+from ovseg_ros.frame_stream import FrameStream, FrameTicket
+from ovseg_ros.handoff import FrameStats
+from ovseg_ros.image_codec import ImageError
+from ovseg_ros.models import build_model
+from ovseg_ros.rendering import Renderer
+from ovseg_ros.segmenter import Segmenter
+from ovseg_ros.smoothing import TemporalSmoother
+from ovseg_ros.vocabulary import VocabularyManager
+
+HEIGHT, WIDTH = 48, 64
+RGB = np.random.default_rng(0).integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
+EVERYTHING = dict(color=True, overlay=True, confidence=True)
+
+
+def raw(rgb: np.ndarray = RGB) -> RawImageData:
+    return RawImageData("rgb8", rgb.shape[0], rgb.shape[1], rgb.shape[1] * 3, rgb.tobytes())
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return Segmenter(build_model("san_tiny_dev"), short_edge=64)
+
+
+@pytest.fixture
+def pipeline(segmenter):
+    vocabularies = VocabularyManager(segmenter.encode_text)
+    vocabularies.install(vocabularies.encode(["wall", "floor", "box"]))
+    return FramePipeline(segmenter, vocabularies, TemporalSmoother("none"))
+
+
+def test_labels_are_the_models_argmax_at_the_image_size(pipeline, segmenter):
+    outputs = pipeline.process(raw(), 0.0)
+    vocabulary = pipeline.vocabularies.current
+    assert outputs.vocabulary is vocabulary and vocabulary.version == 1
+    assert outputs.labels.shape == (HEIGHT, WIDTH) and outputs.labels.dtype == np.uint8
+    with torch.inference_mode():
+        full = segmenter.scores(segmenter.preprocess(torch.from_numpy(RGB)), vocabulary.text_features).full((HEIGHT, WIDTH))
+    assert np.array_equal(outputs.labels, full.argmax(0).numpy())
+    counts = np.bincount(outputs.labels.ravel(), minlength=3)
+    assert np.allclose(outputs.pixel_fractions, counts / outputs.labels.size)
+    assert outputs.present_class_ids.tolist() == np.flatnonzero(counts).tolist()
+    assert set(outputs.timings_ms) == {"decode", "preprocess", "model", "postprocess", "download"}
+
+
+def test_only_requested_outputs_are_rendered(pipeline):
+    bare = pipeline.process(raw(), 0.0)
+    assert bare.color is None and bare.overlay is None and bare.confidence is None and bare.masks == {}
+    version = pipeline.vocabularies.current.version
+    full = pipeline.process(raw(), 0.0, OutputRequest(**EVERYTHING, masks=(0, 2), masks_version=version, overlay_alpha=1.0))
+    renderer = Renderer(["wall", "floor", "box"])
+    assert np.array_equal(full.color, renderer.colorize(torch.from_numpy(full.labels)).numpy())
+    assert np.array_equal(full.overlay, full.color)  # alpha 1: the colours alone
+    assert full.confidence.dtype == np.uint8 and full.confidence.shape == (HEIGHT, WIDTH)
+    assert sorted(full.masks) == [0, 2]
+    assert np.array_equal(full.masks[2], np.where(full.labels == 2, 255, 0).astype(np.uint8))
+
+
+def test_masks_of_another_vocabulary_version_are_not_rendered(pipeline):
+    """Mask ids name classes of one version: after a change they may mean other classes."""
+    old = pipeline.vocabularies.current.version
+    pipeline.vocabularies.install(pipeline.vocabularies.encode(["sky", "road"]))
+    outputs = pipeline.process(raw(), 0.0, OutputRequest(masks=(0,), masks_version=old))
+    assert outputs.masks == {} and outputs.vocabulary.names == ("sky", "road")
+
+
+def test_more_than_254_classes_give_uint16_labels(pipeline):
+    pipeline.vocabularies.install(pipeline.vocabularies.encode([f"class {i}" for i in range(300)]))
+    outputs = pipeline.process(raw(), 0.0, OutputRequest(color=True))
+    assert outputs.labels.dtype == np.uint16 and outputs.vocabulary.unlabeled_id == 65535
+    assert outputs.labels.max() < 300 and len(outputs.pixel_fractions) == 300
+    assert abs(float(outputs.pixel_fractions.sum()) - 1.0) < 1e-5
+
+
+def test_min_score_marks_weak_pixels_unlabeled(pipeline, segmenter):
+    with torch.inference_mode():
+        text = pipeline.vocabularies.current.text_features
+        best = segmenter.scores(segmenter.preprocess(torch.from_numpy(RGB)), text).full((HEIGHT, WIDTH)).max(0).values
+    pipeline.min_score = float(best.median())
+    labels = pipeline.process(raw(), 0.0).labels
+    assert 0.2 < np.mean(labels == 255) < 0.8
+
+
+def test_bad_frames_raise_clear_errors(pipeline):
+    with pytest.raises(ImageError, match="expected step x height"):
+        pipeline.prepare(RawImageData("rgb8", HEIGHT, WIDTH, WIDTH * 3, b"\0" * 10))
+    with pytest.raises(ImageError, match="cannot decode"):
+        pipeline.prepare(CompressedImageData("jpeg", b"not a jpeg"))
+    prepared = pipeline.prepare(raw())
+    pipeline.vocabularies.attach(None)
+    with pytest.raises(PipelineError, match="no vocabulary"):
+        pipeline.infer(prepared, 0.0)
+
+
+def test_smoothing_runs_on_the_coarse_scores(segmenter):
+    """With all weight on the past, the second frame is labeled with the first one's scores.
+
+    (The tiny model's scores are all below 1.85 on a white image and above it on a black
+    one; min_score 1.85 makes that visible in the labels.)"""
+    vocabularies = VocabularyManager(segmenter.encode_text)
+    vocabularies.install(vocabularies.encode(["wall", "floor", "box"]))
+    white, black = np.full_like(RGB, 255), np.zeros_like(RGB)
+
+    def pipeline(smoother):
+        return FramePipeline(segmenter, vocabularies, smoother, min_score=1.85)
+
+    smoothed = pipeline(TemporalSmoother("ema", strength=1.0, confidence_gate=0.0))
+    first = smoothed.process(raw(white), 0.0)
+    assert first.smoothing_reset == "no previous state" and np.all(first.labels == 255)
+    assert np.all(pipeline(TemporalSmoother("none")).process(raw(black), 0.05).labels != 255)
+    second = smoothed.process(raw(black), 0.05)
+    assert second.smoothing_reset is None and np.all(second.labels == 255)
+    after_gap = smoothed.process(raw(black), 2.0)
+    assert after_gap.smoothing_reset.startswith("gap of") and np.all(after_gap.labels != 255)
+
+
+# -- FrameStream ------------------------------------------------------------------------
+
+
+def _run_stream(pipeline, frames: int, period_s: float, bad_every: int = 0):
+    stats = FrameStats()
+    stream = FrameStream(pipeline, stats)
+    delivered, done = [], threading.Event()
+
+    def consume():
+        while not done.is_set() or len(delivered) < sent_count():
+            result = stream.next_result(timeout=0.2)
+            if result is not None:
+                delivered.append(result)
+            elif done.is_set():
+                break
+
+    sent = []
+    sent_count = lambda: len(sent) - stats.counts()["dropped"]  # noqa: E731
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    for index in range(frames):
+        image = RawImageData("rgb8", HEIGHT, WIDTH, 1, b"") if bad_every and index % bad_every == 1 else raw()
+        stats.frame_received()
+        stream.submit(FrameTicket(image, index * 0.033, OutputRequest(), tag=index))
+        sent.append(index)
+        time.sleep(period_s)
+    time.sleep(1.0)
+    done.set()
+    consumer.join(10)
+    assert stream.close(5.0)
+    return stats, delivered
+
+
+def test_stream_accounts_for_every_frame_and_answers_the_newest(pipeline):
+    """Frames come faster than the model: the hand-offs drop stale ones, each counted once,
+    and the last frame sent is the last one out."""
+    stats, delivered = _run_stream(pipeline, frames=60, period_s=0.0005)
+    counts = stats.counts()
+    for result in delivered:
+        assert result.error is None
+        stats.frame_processed(1.0)
+    counts = stats.counts()
+    assert counts["received"] == 60 and counts["in_flight"] == 0, counts
+    assert counts["dropped"] > 0 and counts["processed"] == len(delivered)
+    tags = [result.ticket.tag for result in delivered]
+    assert tags == sorted(tags) and tags[-1] == 59
+
+
+def test_stream_delivers_bad_frames_as_errors_and_goes_on(pipeline):
+    stats, delivered = _run_stream(pipeline, frames=12, period_s=0.15, bad_every=4)
+    errors = [result for result in delivered if result.error is not None]
+    assert [result.ticket.tag for result in errors] == [1, 5, 9]
+    assert all(isinstance(result.error, ImageError) for result in errors)
+    assert len(delivered) - len(errors) == 9
+
+
+def test_closing_counts_undelivered_frames_as_ignored(pipeline):
+    stats = FrameStats()
+    stream = FrameStream(pipeline, stats)
+    for index in range(5):
+        stats.frame_received()
+        stream.submit(FrameTicket(raw(), index * 0.033, OutputRequest(), tag=index))
+    time.sleep(0.5)  # nobody takes the results: at most one waits, the rest are dropped
+    assert stream.close(5.0)
+    counts = stats.counts()
+    assert counts["in_flight"] == 0 and counts["ignored"] >= 1, counts
+    assert stream.submit(FrameTicket(raw(), 1.0, OutputRequest())) == "refused"
+
+
+def test_max_rate_limits_model_starts(pipeline):
+    stats = FrameStats()
+    stream = FrameStream(pipeline, stats, max_rate_hz=5.0)
+    starts = []
+    deadline = time.monotonic() + 1.6
+    while time.monotonic() < deadline:
+        stream.submit(FrameTicket(raw(), 0.0, OutputRequest()))
+        result = stream.next_result(timeout=0.01)
+        if result is not None:
+            starts.append(result.ticket.started)
+        time.sleep(0.01)
+    stream.close(5.0)
+    gaps = np.diff(starts)
+    assert len(starts) <= 9 and len(gaps) and gaps.min() >= 0.19, starts
