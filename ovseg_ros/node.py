@@ -19,17 +19,19 @@ The model loads on configure and frames are processed while active (``autostart`
 both at start-up); outputs are lifecycle publishers, so nothing is published while
 inactive, not even a frame that was in flight at deactivate. Configure-time parameters
 (model, device...) can be set while unconfigured: cleanup, set, configure switches them.
-Every output carries the input image's header unchanged. Frames go to one inference worker
-thread through a latest-frame slot, so the executor never waits for the model and a slow
-model answers the newest frame rather than a backlog. Vocabulary changes are encoded on a
-worker of their own, one at a time, never on an executor thread. Bad input is logged
+Every output carries the input image's header unchanged. The node converts messages into
+the ROS-free :class:`~ovseg_ros.frame_pipeline.FramePipeline` and its outputs back into
+messages; frames go through a :class:`~ovseg_ros.frame_stream.FrameStream` (decode/upload,
+model and publishing overlapped, latest-frame hand-offs), so the executor never waits for
+the model and a slow model answers the newest frame rather than a backlog; one publishing
+thread takes its results. Vocabulary changes are encoded on a worker of their own, one at a
+time, never on an executor thread. Bad input is logged
 (throttled), counted in diagnostics and skipped; the node keeps serving. SIGINT or SIGTERM
 starts one orderly shutdown; more of them during it change nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import threading
@@ -56,18 +58,28 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import LabelInfo, VisionClass
 
-from ovseg_ros.image_codec import ImageError, decode_compressed, decode_image, encode_image, message_bytes
+from ovseg_ros.frame_pipeline import CompressedImageData, FrameOutputs, FramePipeline, OutputRequest, RawImageData
+from ovseg_ros.frame_stream import INFERENCE_THREAD_NAME, FrameStream, FrameTicket, StreamResult
+from ovseg_ros.handoff import REFUSED, FrameStats, SerialWorker
+from ovseg_ros.image_codec import ImageError, encode_image, message_bytes
+from ovseg_ros.latency_budget import CerBudget
 from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import CheckpointError, file_digest
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.parameters import PARAMETERS, PARAMETERS_BY_NAME
-from ovseg_ros.rendering import colorize, confidence_image, overlay, palette
-from ovseg_ros.segmenter import Segmentation, Segmenter, Vocabulary
+from ovseg_ros.segmenter import Segmenter
 from ovseg_ros.smoothing import TemporalSmoother
 from ovseg_ros.srv import SetVocabulary
 from ovseg_ros.topic_names import mask_topic_names
-from ovseg_ros.vocabulary import TextEmbeddingCache, VocabularyError, default_cache_dir, edit_vocabulary, validate_class_names
-from ovseg_ros.handoff import REFUSED, REPLACED, FrameStats, LatestFrameSlot, SerialWorker
+from ovseg_ros.vocabulary import (
+    TextEmbeddingCache,
+    Vocabulary,
+    VocabularyError,
+    VocabularyManager,
+    default_cache_dir,
+    edit_vocabulary,
+    validate_class_names,
+)
 
 # Outputs are reliable (rviz and recorders default to reliable) with a short history:
 # a late frame is worth less than the next one.
@@ -78,20 +90,21 @@ LOG_THROTTLE_S = 5.0
 # Frames (and camera_infos) that wait for their partner, as in image_transport's CameraSubscriber.
 CAMERA_INFO_SYNC_QUEUE = 10
 DIAGNOSTICS_PERIOD_S = 1.0
-INFERENCE_THREAD_NAME = "ovseg-inference"
+PUBLISH_THREAD_NAME = "ovseg-publish"
 # Publishers and subscriptions made and destroyed while the executor spins get no QoS event
 # handlers: a handler destroyed while an executor thread builds its wait set raises
 # InvalidHandle out of spin() (rclpy's executor skips such a handler on entering it, not on
 # adding it), which a vocabulary change dropping thousands of mask topics provoked.
 NO_PUBLISHER_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
 NO_SUBSCRIPTION_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
-# Cleanup waits this long for the frame in flight; while the worker is still alive after
-# that, configure refuses (two workers would share the slot and the model).
+# Cleanup waits this long for the frame in flight; while the stream's threads are still alive
+# after that, configure refuses (two streams would share the model).
 WORKER_JOIN_TIMEOUT_S = 60.0
 # At process shutdown a frame in flight is not worth outliving launch's SIGINT -> SIGTERM 5 s.
 SHUTDOWN_JOIN_TIMEOUT_S = 2.0
 # Test-only: seconds added to each frame's inference (as if the model were slower), so tests
-# can fire transitions while a frame is in flight. Unset in normal use.
+# can fire transitions while a frame is in flight (FrameStream's added_model_delay_s). Unset
+# in normal use.
 TEST_FRAME_DELAY_S = float(os.environ.get("OVSEG_TEST_FRAME_DELAY_S") or 0.0)
 
 CONFIGURE_TIME_NOTE = "Read on configure; settable only while the node is unconfigured (lifecycle cleanup, set, configure)."
@@ -105,19 +118,19 @@ _PARAMETER_TYPES = {
 }
 
 
-class QueuedFrame(NamedTuple):
-    msg: Image | CompressedImage
-    received: float  # time.perf_counter() on arrival
+class FrameTag(NamedTuple):
+    """What the node needs back with a frame's outputs (the stream carries it untouched)."""
+
+    header: object  # std_msgs/Header of the input image
     camera_info: CameraInfo | None
     activation: int  # OvsegNode._activation on arrival: published only within the same one
 
 
 @dataclass
 class ClassState:
-    """Everything that changes with the vocabulary, swapped in as one unit between frames."""
+    """The node's side of a vocabulary (topics, publishers), swapped in as one unit with it."""
 
     vocabulary: Vocabulary
-    colors: np.ndarray  # palette(...) for the vocabulary
     mask_topics: list[str]
     mask_publishers: dict[str, object] = field(default_factory=dict)  # topic token -> publisher
 
@@ -160,14 +173,14 @@ class OvsegNode(LifecycleNode):
         super().__init__("ovseg", **kwargs)
         self._declare_parameters()
         self._stats = FrameStats()
-        self._frames: LatestFrameSlot[QueuedFrame] = LatestFrameSlot()
-        self._segmenter: Segmenter | None = None
-        self._smoother: TemporalSmoother | None = None
+        self._vocabularies = VocabularyManager()  # versions count over the node's life
+        self._pipeline: FramePipeline | None = None
+        self._stream: FrameStream | None = None
         self._classes: ClassState | None = None
         self._unpaired_frames = UnpairedFrames(CAMERA_INFO_SYNC_QUEUE)
         self._active = False
-        self._worker: threading.Thread | None = None
-        self._stop = threading.Event()  # tells the worker to exit
+        self._publisher_thread: threading.Thread | None = None
+        self._stop = threading.Event()  # tells the publishing thread to exit
         self._entities: list = []  # publishers / subscriptions made on configure
         self._weights_note = ""
         self._configure_error: str | None = None
@@ -178,7 +191,6 @@ class OvsegNode(LifecycleNode):
         self._output_lock = threading.RLock()
         self._activation = 0  # bumped on activate, deactivate and release
         self._configuration = 0  # bumped on configure and release: a slower vocabulary change then fails
-        self._vocabulary_version = 0  # over the node's life: a version never names two class lists
         self._unconfigured = True  # configure-time parameters can be set only then
         self.finalized = False  # True after the shutdown transition
         # One vocabulary change at a time, encoded off the executor threads.
@@ -223,32 +235,37 @@ class OvsegNode(LifecycleNode):
     # -- lifecycle --------------------------------------------------------------------
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self._worker is not None and self._worker.is_alive():
-            self._configure_error = f"the inference worker of the previous configuration has not stopped yet (its frame took over {WORKER_JOIN_TIMEOUT_S:.0f} s)"
+        if self._stream_of_last_configuration_alive():
+            self._configure_error = f"the inference of the previous configuration has not stopped yet (its frame took over {WORKER_JOIN_TIMEOUT_S:.0f} s)"
             self.get_logger().error(f"configure refused: {self._configure_error}; clean up and configure again later")
             return TransitionCallbackReturn.FAILURE
         self._unconfigured = False
         try:
-            segmenter = self._build_segmenter()
-            vocabulary = segmenter.encode_vocabulary(self._param("vocabulary"))
-            self.get_logger().info(f"warm-up frame: {segmenter.warm_up(vocabulary):.0f} ms")
+            pipeline = self._build_pipeline()
+            vocabulary = self._vocabularies.encode(self._param("vocabulary"))
+            self.get_logger().info(f"warm-up frame: {pipeline.warm_up(vocabulary):.0f} ms")
         except (CheckpointError, VocabularyError, ValueError, OSError, RuntimeError) as exc:
+            self._vocabularies.attach(None)
             self._configure_error = f"{type(exc).__name__}: {exc}"
             self._unconfigured = True
             self.get_logger().error(f"configure failed, the node stays unconfigured: {self._configure_error}")
             return TransitionCallbackReturn.FAILURE
         self._configure_error = None
-        self._frames = LatestFrameSlot()  # before the image subscription exists
         self._stop = threading.Event()
+        # Before the image subscription exists.
+        self._stream = FrameStream(pipeline, self._stats, self._param("max_rate_hz"), added_model_delay_s=TEST_FRAME_DELAY_S)
+        self._publisher_thread = threading.Thread(target=self._publish_results, args=(self._stream, self._stop), name=PUBLISH_THREAD_NAME, daemon=True)
         with self._output_lock:
             self._configuration += 1
-            self._segmenter = segmenter
-            self._smoother = self._build_smoother()
+            self._pipeline = pipeline
             self._create_entities()
             self._install_classes(vocabulary)
-        self._worker = threading.Thread(target=self._run_worker, args=(self._frames, self._stop), name=INFERENCE_THREAD_NAME, daemon=True)
-        self._worker.start()
+        self._publisher_thread.start()
         return TransitionCallbackReturn.SUCCESS
+
+    def _stream_of_last_configuration_alive(self) -> bool:
+        publishing = self._publisher_thread is not None and self._publisher_thread.is_alive()
+        return publishing or (self._stream is not None and self._stream.is_alive())
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._output_lock:
@@ -264,7 +281,7 @@ class OvsegNode(LifecycleNode):
             self._active = False
             self._activation += 1  # the frame in flight is not published
             super().on_deactivate(state)
-            if self._frames.discard():
+            for _ in range(self._stream.discard_waiting() if self._stream else 0):
                 self._stats.frame_ignored()
         self.get_logger().info("inactive: frames are ignored")
         return TransitionCallbackReturn.SUCCESS
@@ -297,20 +314,19 @@ class OvsegNode(LifecycleNode):
             pass
 
     def _release(self, join_timeout: float) -> None:
-        """Stop the worker (waiting up to ``join_timeout`` s), destroy the configure-time entities, free the model."""
+        """Stop the stream and the publishing thread (waiting up to ``join_timeout`` s for the
+        frame in flight), destroy the configure-time entities, free the model."""
         with self._output_lock:
             self._active = False
             self._activation += 1
             self._configuration += 1
             self._stop.set()
-            if self._frames.close():
-                self._stats.frame_ignored()
-        if self._worker is not None:
-            self._worker.join(join_timeout)
-            if self._worker.is_alive():
-                self.get_logger().error(f"the inference worker did not stop within {join_timeout:.0f} s; configure is refused until it has")
-            else:
-                self._worker = None
+        deadline = time.monotonic() + join_timeout
+        if self._publisher_thread is not None:
+            self._publisher_thread.join(join_timeout)
+        if self._stream is not None and not self._stream.close(max(0.0, deadline - time.monotonic())):
+            self.get_logger().error(f"the frame in flight did not finish within {join_timeout:.0f} s; configure is refused until it has")
+        self._vocabularies.attach(None)
         with self._output_lock:
             for entity in self._entities + list(self._classes.mask_publishers.values() if self._classes else []):
                 if hasattr(entity, "publish"):
@@ -318,9 +334,16 @@ class OvsegNode(LifecycleNode):
                 else:
                     self.destroy_subscription(entity)
             self._entities, self._classes = [], None
-            self._segmenter = self._smoother = None
+            self._pipeline = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _build_pipeline(self) -> FramePipeline:
+        """Model, vocabulary encoder, smoothing and CER budget of a new configuration."""
+        segmenter = self._build_segmenter()
+        self._vocabularies.attach(segmenter.encode_text)
+        budget = CerBudget(segmenter.cer_topk, self._param("latency_budget_ms")) if segmenter.cer_topk else None
+        return FramePipeline(segmenter, self._vocabularies, self._build_smoother(), self._param("palette"), self._param("min_score"), budget)
 
     def _build_segmenter(self) -> Segmenter:
         model_name = self._param("model")
@@ -343,15 +366,18 @@ class OvsegNode(LifecycleNode):
             torch.set_num_threads(self._param("cpu_threads") or max(1, (os.cpu_count() or 2) - 1))
         model = build_model(model_name, weights)
         digest = file_digest(weights) if weights is not None else "random"
-        self.get_logger().info(f"model {model_name} on {device} ({self._param('precision')}), weights: {weights or 'random'}")
+        cer_topk = (self._param("cer_topk") or None) if Segmenter.model_has_cer(model) else None  # SED's; SAN has none
+        self.get_logger().info(
+            f"model {model_name} on {device} ({self._param('precision')}), weights: {weights or 'random'}, "
+            f"category early rejection: {f'top-{cer_topk}' if cer_topk else 'off'}"
+        )
         return Segmenter(
             model,
             device=device,
             precision=self._param("precision"),
             short_edge=self._param("input_short_edge"),
-            min_score=self._param("min_score"),
             text_cache=TextEmbeddingCache(default_cache_dir(), model_name, digest),
-            cer_topk=self._param("cer_topk") or None,
+            cer_topk=cer_topk,
         )
 
     def _build_smoother(self) -> TemporalSmoother:
@@ -404,11 +430,35 @@ class OvsegNode(LifecycleNode):
 
     def _on_image(self, msg: Image | CompressedImage, camera_info: CameraInfo | None = None) -> None:
         self._stats.frame_received()
-        outcome = self._frames.put(QueuedFrame(msg, time.perf_counter(), camera_info, self._activation)) if self._active else REFUSED
-        if outcome == REPLACED:
-            self._stats.frame_dropped()
-        elif outcome == REFUSED:
+        stream, classes = self._stream, self._classes
+        if not self._active or stream is None or classes is None:
             self._stats.frame_ignored()
+            return
+        if isinstance(msg, CompressedImage):
+            image = CompressedImageData(msg.format, msg.data.tobytes() if hasattr(msg.data, "tobytes") else bytes(msg.data))
+        else:
+            image = RawImageData(msg.encoding, msg.height, msg.width, msg.step, memoryview(msg.data), bool(msg.is_bigendian))
+        ticket = FrameTicket(image, _stamp_ns(msg) * 1e-9, self._output_request(classes), FrameTag(msg.header, camera_info, self._activation))
+        if stream.submit(ticket) == REFUSED:
+            self._stats.frame_ignored()
+
+    def _output_request(self, classes: ClassState) -> OutputRequest:
+        """The optional outputs someone subscribes to (and that are enabled)."""
+        def wanted(publisher, flag: str) -> bool:
+            return self._param(flag) and publisher.get_subscription_count() > 0
+
+        masks = ()
+        if self._param("publish_masks"):
+            publishers = classes.mask_publishers
+            masks = tuple(i for i, topic in enumerate(classes.mask_topics) if publishers[topic].get_subscription_count() > 0)
+        return OutputRequest(
+            color=wanted(self._color_pub, "publish_color"),
+            overlay=wanted(self._overlay_pub, "publish_overlay"),
+            confidence=wanted(self._confidence_pub, "publish_confidence"),
+            masks=masks,
+            masks_version=classes.vocabulary.version,
+            overlay_alpha=self._param("overlay_alpha"),
+        )
 
     def _on_image_to_pair(self, msg: Image | CompressedImage) -> None:
         if self._unpaired_frames.arrived(msg, self._active):
@@ -437,6 +487,9 @@ class OvsegNode(LifecycleNode):
             self.get_logger().error(f"set_vocabulary failed: {response.message}")
         else:
             response.success, response.message = True, f"vocabulary v{vocabulary.version}: {len(vocabulary.names)} classes"
+            response.class_names, response.vocabulary_version = list(vocabulary.names), vocabulary.version
+            return response
+        # Refused: what is in force now (a cleanup may have come meanwhile: then the parameter's).
         classes = self._classes
         current = classes.vocabulary if classes else None
         response.class_names = list(current.names) if current else list(self._param("vocabulary"))
@@ -445,7 +498,6 @@ class OvsegNode(LifecycleNode):
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate only (one refusal refuses the whole set); _on_parameters_set applies."""
-        segmenter = self._segmenter
         for param in params:
             spec = PARAMETERS_BY_NAME.get(param.name)
             if spec is None:  # use_sim_time, qos_overrides...: rclpy's own
@@ -459,15 +511,13 @@ class OvsegNode(LifecycleNode):
                     validate_class_names(list(param.value))
                 except VocabularyError as exc:
                     return SetParametersResult(successful=False, reason=str(exc))
-            elif param.name == "cer_topk" and param.value and segmenter is not None and not hasattr(segmenter.model, "cer_topk"):
-                return SetParametersResult(successful=False, reason=f"{self._param('model')} has no category early rejection")
         return SetParametersResult(successful=True)
 
     def _on_parameters_set(self, params: list[Parameter]) -> None:
         """Apply accepted parameters: runtime ones at once, a vocabulary on the vocabulary worker
         (it is encoded there, so the parameter services, lifecycle and diagnostics never wait)."""
         for param in params:
-            if param.name == "vocabulary" and self._segmenter is not None:  # else configure reads it
+            if param.name == "vocabulary" and self._pipeline is not None:  # else configure reads it
                 names = list(param.value)
                 try:
                     self._submit_vocabulary_change(lambda _current: names).add_done_callback(self._vocabulary_parameter_applied)
@@ -482,20 +532,24 @@ class OvsegNode(LifecycleNode):
 
     def _apply_runtime_parameter(self, param: Parameter) -> None:
         """Parameters that take effect at once (configure-time ones apply on configure)."""
-        segmenter, smoother = self._segmenter, self._smoother
-        if segmenter is None or smoother is None:
+        pipeline, stream = self._pipeline, self._stream
+        if pipeline is None or stream is None:
             return
         if param.name == "min_score":
-            segmenter.min_score = param.value
+            pipeline.min_score = param.value
             with self._output_lock:
                 if self._classes is not None:
                     self._publish_label_info()  # its threshold
-        elif param.name == "cer_topk" and hasattr(segmenter.model, "cer_topk"):
-            segmenter.model.cer_topk = param.value or None
+        elif param.name == "cer_topk" and Segmenter.model_has_cer(pipeline.segmenter.model):
+            pipeline.set_cer_topk(param.value or None, self._param("latency_budget_ms"))
+        elif param.name == "latency_budget_ms" and pipeline.cer_budget is not None:
+            pipeline.cer_budget.budget_ms = param.value
+        elif param.name == "max_rate_hz":
+            stream.max_rate_hz = param.value
         elif param.name == "smoothing_strength":
-            smoother.strength = param.value
+            pipeline.smoother.strength = param.value
         elif param.name == "smoothing_max_gap_s":
-            smoother.max_gap_s = param.value
+            pipeline.smoother.max_gap_s = param.value
 
     def _submit_vocabulary_change(self, edit) -> futures.Future:
         try:
@@ -511,14 +565,14 @@ class OvsegNode(LifecycleNode):
         makes the change fail rather than install classes on a released node.
         """
         with self._output_lock:
-            segmenter, classes, configuration = self._segmenter, self._classes, self._configuration
-        if segmenter is None or classes is None:
+            classes, configuration = self._classes, self._configuration
+        if classes is None:
             raise VocabularyError(f"the node is not configured{': ' + self._configure_error if self._configure_error else ''}")
         names = validate_class_names(edit(list(classes.vocabulary.names)))
         if tuple(names) == classes.vocabulary.names:
             return classes.vocabulary
         try:
-            vocabulary = segmenter.encode_vocabulary(names)
+            vocabulary = self._vocabularies.encode(names)
         except torch.cuda.OutOfMemoryError as exc:
             raise VocabularyError(f"out of GPU memory encoding {len(names)} classes: {exc}") from exc
         with self._output_lock:
@@ -529,16 +583,18 @@ class OvsegNode(LifecycleNode):
         return vocabulary
 
     def _install_classes(self, vocabulary: Vocabulary) -> Vocabulary:
-        """Swap in the class state of ``vocabulary`` under the next version: palette, mask topics, class map."""
+        """Make ``vocabulary`` current under the next version, with its mask topics and class map.
+
+        Under the output lock: a frame labeled with it is published after its class map.
+        """
         topics = mask_topic_names(list(vocabulary.names))
         with self._output_lock:
-            self._vocabulary_version += 1
-            vocabulary = dataclasses.replace(vocabulary, version=self._vocabulary_version)
+            vocabulary = self._vocabularies.install(vocabulary)
             old = self._classes.mask_publishers if self._classes else {}
             publishers = {topic: old.pop(topic, None) or self._mask_publisher(topic) for topic in topics}
             for stale in old.values():
                 self.destroy_lifecycle_publisher(stale)
-            self._classes = ClassState(vocabulary, palette(list(vocabulary.names), self._param("palette")), topics, publishers)
+            self._classes = ClassState(vocabulary, topics, publishers)
             self._publish_class_map()
         return vocabulary
 
@@ -566,111 +622,73 @@ class OvsegNode(LifecycleNode):
         label_info.class_map = [VisionClass(class_id=i, class_name=name) for i, name in enumerate(self._classes.vocabulary.names)]
         self._label_info_pub.publish(label_info)
 
-    # -- inference worker -----------------------------------------------------------
+    # -- publishing thread ------------------------------------------------------------
 
-    def _run_worker(self, frames: LatestFrameSlot[QueuedFrame], stop: threading.Event) -> None:
-        """The inference loop of one configuration: its own slot and stop event, so it can never
-        take the frames of the next one."""
-        last_start = -float("inf")
+    def _publish_results(self, stream: FrameStream, stop: threading.Event) -> None:
+        """Publish the frames ``stream`` delivers, until ``stop`` (one configuration's thread)."""
         while not stop.is_set():
-            max_rate = self._param("max_rate_hz")
-            # Wait first, so the frame taken is the newest; a stop ends the wait.
-            if max_rate > 0 and stop.wait(max(0.0, last_start + 1.0 / max_rate - time.perf_counter())):
-                break
-            frame = frames.take(timeout=0.5)
-            if frame is None:
+            result = stream.next_result(timeout=0.5)
+            if result is None:
                 continue
-            last_start = time.perf_counter()
             try:
-                self._process(frame, stop)
-            except ImageError as exc:
-                self._frame_failed(f"bad image: {exc}")
-            except torch.cuda.OutOfMemoryError as exc:
-                torch.cuda.empty_cache()
-                self._frame_failed(f"out of GPU memory: {exc}")
+                self._publish_result(result, stop)
             except Exception as exc:  # keep serving: one bad frame must not stop the node
-                self._frame_failed(f"frame failed: {type(exc).__name__}: {exc}")
+                self._frame_failed(f"frame failed while publishing: {type(exc).__name__}: {exc}")
+
+    def _publish_result(self, result: StreamResult, stop: threading.Event) -> None:
+        tag: FrameTag = result.ticket.tag
+        if result.error is not None:
+            self._frame_failed(_frame_error_message(result.error))
+            return
+        outputs = result.outputs
+        if outputs.smoothing_reset and self._pipeline is not None and self._pipeline.smoother.mode != "none":
+            self.get_logger().info(f"temporal smoothing restarted: {outputs.smoothing_reset}", throttle_duration_sec=LOG_THROTTLE_S)
+        with self._output_lock:
+            if stop.is_set() or tag.activation != self._activation:
+                self._stats.frame_ignored()  # deactivated (or released) while in flight: publish nothing
+                return
+            start = time.perf_counter()
+            self._publish_images(tag, outputs)
+            publish_ms = (time.perf_counter() - start) * 1000.0
+            info = self._info_msg(tag.header, outputs, result.queue_ms, publish_ms)
+            self._info_pub.publish(info)
+        self._stats.frame_processed(info.end_to_end_ms)
 
     def _frame_failed(self, message: str) -> None:
         self._stats.frame_failed()
         self._last_frame_error, self._last_frame_error_at = message, time.monotonic()
         self.get_logger().error(f"dropped frame, {message}", throttle_duration_sec=LOG_THROTTLE_S)
 
-    def _decode(self, msg: Image | CompressedImage) -> np.ndarray:
-        if isinstance(msg, CompressedImage):
-            return decode_compressed(msg.format, bytes(msg.data))
-        return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
-
-    def _process(self, frame: QueuedFrame, stop: threading.Event) -> None:
-        msg = frame.msg
-        queue_ms = (time.perf_counter() - frame.received) * 1000.0
-        start = time.perf_counter()
-        rgb = self._decode(msg)
-        decode_ms = (time.perf_counter() - start) * 1000.0
-        classes, smoother, segmenter = self._classes, self._smoother, self._segmenter  # one state per frame
-        if classes is None or segmenter is None:
-            self._stats.frame_ignored()
-            return
-        vocabulary = classes.vocabulary
-        stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        result = segmenter.segment(rgb, vocabulary, lambda scores: smoother.update(scores, rgb, stamp_s, vocabulary.version))
-        if smoother.last_reset_reason and smoother.mode != "none":
-            self.get_logger().info(f"temporal smoothing restarted: {smoother.last_reset_reason}", throttle_duration_sec=LOG_THROTTLE_S)
-        if TEST_FRAME_DELAY_S:
-            stop.wait(TEST_FRAME_DELAY_S)
-
-        with self._output_lock:
-            if stop.is_set() or frame.activation != self._activation:
-                self._stats.frame_ignored()  # deactivated (or released) while in flight: publish nothing
-                return
-            start = time.perf_counter()
-            self._publish_images(msg.header, rgb, result, classes, frame.camera_info)
-            publish_ms = (time.perf_counter() - start) * 1000.0
-            info = self._info_msg(msg.header, result, queue_ms, decode_ms, publish_ms)
-            self._info_pub.publish(info)
-        self._stats.frame_processed(info.end_to_end_ms)
-
-    def _publish_images(self, header, rgb: np.ndarray, result: Segmentation, classes: ClassState, camera_info: CameraInfo | None) -> None:
-        """Label always; the other images only when enabled and subscribed (they cost time)."""
-        self._label_pub.publish(_image_msg(header, result.labels))
-        unlabeled = result.vocabulary.unlabeled_id
-
-        def wanted(publisher, flag: str) -> bool:
-            return self._param(flag) and publisher.get_subscription_count() > 0
-
-        want_color, want_overlay = wanted(self._color_pub, "publish_color"), wanted(self._overlay_pub, "publish_overlay")
-        if want_color or want_overlay:
-            color = colorize(result.labels, classes.colors, unlabeled)
-            if want_color:
-                self._color_pub.publish(_image_msg(header, color))
-            if want_overlay:
-                self._overlay_pub.publish(_image_msg(header, overlay(rgb, color, self._param("overlay_alpha"))))
-        if wanted(self._confidence_pub, "publish_confidence"):
-            self._confidence_pub.publish(_image_msg(header, confidence_image(result.confidence)))
+    def _publish_images(self, tag: FrameTag, outputs: FrameOutputs) -> None:
+        """Label always; the other images as computed (they were requested: enabled and subscribed)."""
+        header = tag.header
+        self._label_pub.publish(_image_msg(header, outputs.labels))
+        for publisher, pixels in ((self._color_pub, outputs.color), (self._overlay_pub, outputs.overlay), (self._confidence_pub, outputs.confidence)):
+            if pixels is not None:
+                publisher.publish(_image_msg(header, pixels))
         # The caller holds _output_lock, so the mask publishers cannot be swapped out meanwhile.
-        if self._param("publish_masks") and classes is self._classes:  # else they may be gone
-            for class_id, topic in enumerate(classes.mask_topics):
-                publisher = classes.mask_publishers[topic]
-                if publisher.get_subscription_count() > 0:
-                    publisher.publish(_image_msg(header, np.where(result.labels == class_id, 255, 0).astype(np.uint8)))
-        if camera_info is not None:
-            camera_info.header = header  # the paired one: same stamp within the slop
-            self._camera_info_pub.publish(camera_info)
+        classes = self._classes
+        if outputs.masks and classes is not None and classes.vocabulary.version == outputs.vocabulary.version:
+            for class_id, mask in outputs.masks.items():
+                classes.mask_publishers[classes.mask_topics[class_id]].publish(_image_msg(header, mask))
+        if tag.camera_info is not None:
+            tag.camera_info.header = header  # the paired one: same stamp within the slop
+            self._camera_info_pub.publish(tag.camera_info)
 
-    def _info_msg(self, header, result: Segmentation, queue_ms: float, decode_ms: float, publish_ms: float) -> SegmentationInfo:
-        names = result.vocabulary.names
-        counts = np.bincount(result.labels.ravel(), minlength=len(names))[: len(names)]
+    def _info_msg(self, header, outputs: FrameOutputs, queue_ms: float, publish_ms: float) -> SegmentationInfo:
+        timings = outputs.timings_ms
         info = SegmentationInfo()
         info.header = header
-        info.vocabulary_version = result.vocabulary.version
-        info.class_names = list(names)
-        info.pixel_fractions = (counts / result.labels.size).astype(np.float32).tolist()
-        info.present_class_ids = np.flatnonzero(counts).astype(np.uint16).tolist()
+        info.vocabulary_version = outputs.vocabulary.version
+        info.class_names = list(outputs.vocabulary.names)
+        info.pixel_fractions = outputs.pixel_fractions.tolist()
+        info.present_class_ids = outputs.present_class_ids.tolist()
         info.model = self._param("model")
+        info.cer_topk = outputs.cer_topk
         info.queue_ms = queue_ms
-        info.preprocess_ms = decode_ms + result.timings_ms["preprocess"]
-        info.model_ms = result.timings_ms["model"]
-        info.postprocess_ms = result.timings_ms["postprocess"] + publish_ms
+        info.preprocess_ms = timings["decode"] + timings["preprocess"]
+        info.model_ms = timings["model"]
+        info.postprocess_ms = timings["postprocess"] + timings["download"] + publish_ms
         stamp = rclpy.time.Time.from_msg(header.stamp, clock_type=self.get_clock().clock_type)
         info.end_to_end_ms = (self.get_clock().now() - stamp).nanoseconds / 1e6
         return info
@@ -680,12 +698,13 @@ class OvsegNode(LifecycleNode):
     def _report_status(self, status: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
         """The Updater's ``<node>: segmentation`` status, once per period."""
         stats = self._stats.snapshot(time.monotonic())
-        status.hardware_id = str(self._segmenter.device) if self._segmenter else "none"
+        pipeline = self._pipeline
+        status.hardware_id = str(pipeline.device) if pipeline else "none"
         self._diagnostics.setHardwareID(status.hardware_id)  # for the other tasks too
         classes = self._classes
         if self._configure_error:
             status.summary(DiagnosticStatus.ERROR, f"not configured: {self._configure_error}")
-        elif self._segmenter is None:
+        elif pipeline is None:
             status.summary(DiagnosticStatus.WARN, "not configured")
         elif not self._active:
             status.summary(DiagnosticStatus.WARN, "inactive")
@@ -710,16 +729,28 @@ class OvsegNode(LifecycleNode):
             # Over the node's life: received = processed + dropped + failed + ignored + in_flight.
             **{f"frames_{outcome}": count for outcome, count in self._stats.counts().items()},
             "inference_threads": sum(thread.name == INFERENCE_THREAD_NAME for thread in threading.enumerate()),
+            # The K frames run with now (the latency budget moves it); 0: off or not SED.
+            "cer_topk": (pipeline.cer_budget.topk if pipeline.cer_budget else pipeline.segmenter.cer_topk or 0) if pipeline else 0,
+            "latency_budget_ms": self._param("latency_budget_ms"),
             "frames_unsynchronized": self._unpaired_frames.count,
             "last_frame_error": self._last_frame_error,
             "latency_p50_ms": f"{stats['latency_p50_ms']:.1f}",
             "latency_p95_ms": f"{stats['latency_p95_ms']:.1f}",
         }
-        if self._segmenter is not None and self._segmenter.device.type == "cuda":
-            values["gpu_memory_allocated_mb"] = f"{torch.cuda.memory_allocated(self._segmenter.device) / 2**20:.1f}"
+        if pipeline is not None and pipeline.device.type == "cuda":
+            values["gpu_memory_allocated_mb"] = f"{torch.cuda.memory_allocated(pipeline.device) / 2**20:.1f}"
         for key, value in values.items():
             status.add(key, str(value))
         return status
+
+
+def _frame_error_message(error: Exception) -> str:
+    if isinstance(error, ImageError):
+        return f"bad image: {error}"
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return f"out of GPU memory: {error}"
+    return f"frame failed: {type(error).__name__}: {error}"
 
 
 def _stamp_ns(msg) -> int:

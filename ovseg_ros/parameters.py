@@ -42,7 +42,22 @@ PARAMETERS = (
         max_value=1024,
     ),
     ParameterSpec("input_short_edge", 640, "Images are resized to this short edge before the model (authors: 640).", read_only=True, min_value=64, max_value=2048),
-    ParameterSpec("cer_topk", 0, "SED category early rejection: keep classes in the top K at some pixel between decoder stages; 0 = off.", min_value=0, max_value=65535),
+    ParameterSpec(
+        "cer_topk",
+        8,
+        "SED category early rejection: between decoder stages keep only the classes in the top K at some pixel "
+        "(8: the authors' fast mode); 0 = off. SAN has none and ignores it.",
+        min_value=0,
+        max_value=65535,
+    ),
+    ParameterSpec(
+        "latency_budget_ms",
+        0.0,
+        "SED with cer_topk: lower CER's K (cer_topk, 4, 2, 1) while the model's p95 latency exceeds this, and raise it "
+        "again when there is room; 0 = off (K stays cer_topk).",
+        min_value=0.0,
+        max_value=100000.0,
+    ),
     # Classes.
     ParameterSpec("vocabulary", ["person", "floor", "wall", "ceiling", "table", "chair"], "Class names; 'a, b' gives synonyms a and b for one class."),
     ParameterSpec("min_score", 0.0, "Pixels whose best class score is below this are unlabeled (255 / 65535).", min_value=0.0, max_value=1000.0),

@@ -30,7 +30,6 @@ from ovseg_ros.bag import SAMPLE_TOPIC, typestore, write_sample_bag
 from ovseg_ros.tools.harness import NodeProcess, Peer, package_share
 from ovseg_ros.models import resolve_weights, weights_dir
 from ovseg_ros.msg import SegmentationInfo
-from ovseg_ros.rendering import overlay
 from ovseg_ros.ros_env import isolated_ros_environment
 
 OUTPUT_TOPICS = {
@@ -164,7 +163,7 @@ def write_overlays(out: Path, frames, colors) -> list[Path]:
         rgb = np.frombuffer(bytes(frame.data), np.uint8).reshape(frame.height, frame.width, 3)
         painted = np.frombuffer(bytes(color.data), np.uint8).reshape(color.height, color.width, 3)
         path = out / f"overlay_{index:03d}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(overlay(rgb, painted), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(path), cv2.cvtColor(cv2.addWeighted(rgb, 0.5, painted, 0.5, 0.0), cv2.COLOR_RGB2BGR))
         paths.append(path)
     return paths
 
