@@ -1,13 +1,14 @@
 """Benchmarks that print figures (speed goals live here, not in timed tests).
 
-    python -m ovseg_ros.tools.bench model --model sed_convnext_base --vocab ade150 ade847 --cer 0 8
+    python -m ovseg_ros.tools.bench model --model sed_convnext_base --vocab ade150 ade847 --cer 0 8 1 [--distinct 8]
+    python -m ovseg_ros.tools.bench pipeline --model san_tiny_dev --size 640x480 1280x720
     python -m ovseg_ros.tools.bench text --model sed_convnext_base --vocab ade150
     python -m ovseg_ros.tools.bench node --model sed_convnext_base [--long]
     python -m ovseg_ros.tools.bench all            # model, then node, in one run
 
-``model``: per-stage latency of one frame through the :class:`~ovseg_ros.segmenter.Segmenter`
-for every (vocabulary, CER top-K) combination, measured in one run, with the ratios
-between them. Stage times come from the ``ovseg.*`` profiler labels in the model code
+``model``: per-stage latency of one frame through the
+:class:`~ovseg_ros.frame_pipeline.FramePipeline` (labels only, no smoothing) for every
+(vocabulary, CER top-K) combination, measured in one run, with the ratios between them. Stage times come from the ``ovseg.*`` profiler labels in the model code
 (``torch.profiler``; device time on CUDA, CPU time otherwise); ``total`` is wall time
 without the profiler.
 
@@ -16,15 +17,23 @@ given: with random weights they label nothing anyway, without CER the decoder's 
 not depend on their values, and encoding 847 x 80 prompts takes minutes on a CPU (it is
 cached per class in real use). With CER it does: random scores let most classes through
 (every class in the top K at any pixel goes on), and only ``--weights`` with
-``--encode-text`` show which classes the trained model really rejects. With CER, each row says how many classes
+``--encode-text`` show which classes the trained model really rejects; ``--distinct N`` forces
+rejection with random weights: the T classes share N distinct random text features, so
+copies tie and only K copies of each pixel's best class go on. With CER, each row says how many classes
 each decoder stage ran on. A configuration that runs out of memory (on the CPU, e.g.
 under ``ulimit -v``) is reported as such and the others still run. Peak memory is per
 configuration: allocated tensors on CUDA; on the CPU the process's RSS, whose kernel
 high-water mark is reset per configuration (so ``/usr/bin/time`` reports the last one's).
 
-``text``: :meth:`~ovseg_ros.segmenter.Segmenter.encode_vocabulary` of a class list with an
-empty :class:`~ovseg_ros.vocabulary.TextEmbeddingCache` (in a temporary directory) and
-again with the cache filled, as the node encodes a vocabulary.
+``pipeline``: the frame path's throughput, serial (:meth:`FramePipeline.process` per frame)
+vs overlapped (:class:`~ovseg_ros.frame_stream.FrameStream` fed faster than it can go), at
+each image size, with labels only and with every output requested (colour, overlay,
+confidence, 3 masks); each delivered frame is also encoded into message bytes as the node
+does, so publishing is counted. Per-stage medians come from the frames' own timings.
+
+``text``: text encoding (:meth:`~ovseg_ros.segmenter.Segmenter.encode_text`) of a class list
+with an empty :class:`~ovseg_ros.vocabulary.TextEmbeddingCache` (in a temporary directory)
+and again with the cache filled, as the node encodes a vocabulary.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +54,15 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from ovseg_ros.frame_pipeline import FramePipeline, OutputRequest, RawImageData
+from ovseg_ros.frame_stream import FrameStream, FrameTicket
+from ovseg_ros.handoff import FrameStats
+from ovseg_ros.image_codec import encode_image, message_bytes
 from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import file_digest
-from ovseg_ros.segmenter import Segmenter, Vocabulary
-from ovseg_ros.vocabulary import TextEmbeddingCache, load_class_list
+from ovseg_ros.segmenter import Segmenter
+from ovseg_ros.smoothing import TemporalSmoother
+from ovseg_ros.vocabulary import TextEmbeddingCache, Vocabulary, VocabularyManager, load_class_list
 
 STAGE_PREFIX = "ovseg."
 
@@ -86,6 +101,17 @@ def build_segmenter(args: argparse.Namespace) -> tuple[Segmenter, Path | None]:
     return segmenter, weights
 
 
+def build_pipeline(args: argparse.Namespace) -> tuple[FramePipeline, Path | None]:
+    """The frame path as the node builds it, without smoothing (its cost is bench_smoothing's)."""
+    segmenter, weights = build_segmenter(args)
+    return FramePipeline(segmenter, VocabularyManager(segmenter.encode_text), TemporalSmoother("none")), weights
+
+
+def camera_frame(width: int, height: int) -> RawImageData:
+    rgb = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return RawImageData("rgb8", height, width, width * 3, rgb.tobytes())
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -118,34 +144,36 @@ def cer_kept_counts(segmenter: Segmenter) -> list[int]:
     return counts
 
 
-def random_vocabulary(segmenter: Segmenter, names: list[str]) -> Vocabulary:
-    """Unit-norm random text features shaped as the model's encoder would give them."""
+def random_vocabulary(segmenter: Segmenter, names: list[str], distinct: int = 0) -> Vocabulary:
+    """Unit-norm random text features shaped as the model's encoder would give them; with
+    ``distinct`` > 0 only that many different ones, repeated (ties force CER to reject)."""
     shape = segmenter.model.encode_text(names[:1]).shape[1:]
     generator = torch.Generator().manual_seed(0)
-    features = F.normalize(torch.randn((len(names), *shape), generator=generator), dim=-1)
-    return Vocabulary(tuple(names), features.to(segmenter.device), 0)
+    rows = min(distinct, len(names)) if distinct else len(names)
+    features = F.normalize(torch.randn((rows, *shape), generator=generator), dim=-1)
+    features = features.repeat((len(names) + rows - 1) // rows, *([1] * len(shape)))[: len(names)]
+    return Vocabulary(tuple(names), features.to(segmenter.device), 1)
 
 
-def profile_frames(segmenter: Segmenter, rgb: np.ndarray, vocabulary: Vocabulary, repeats: int) -> tuple[dict[str, float], float]:
+def profile_frames(pipeline: FramePipeline, frame: RawImageData, vocabulary: Vocabulary, repeats: int) -> tuple[dict[str, float], float]:
     """Per-stage ms (profiler, summed over labels of the same stage) and wall ms, per frame."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if segmenter.device.type == "cuda" else [])
+    device = pipeline.device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     per_frame = []
     for _ in range(repeats):
         with profile(activities=activities) as prof:
-            segmenter.segment(rgb, vocabulary)
+            pipeline.process(frame, 0.0, vocabulary=vocabulary)
         stages: dict[str, float] = {}
         for event in prof.key_averages():
             if event.key.startswith(STAGE_PREFIX):
-                micros = event.device_time_total if segmenter.device.type == "cuda" else event.cpu_time_total
+                micros = event.device_time_total if device.type == "cuda" else event.cpu_time_total
                 name = event.key.removeprefix(STAGE_PREFIX)
                 stages[name] = stages.get(name, 0.0) + micros / 1000.0
         per_frame.append(stages)
     walls = []
     for _ in range(repeats):
         start = time.perf_counter()
-        segmenter.segment(rgb, vocabulary)
-        if segmenter.device.type == "cuda":
-            torch.cuda.synchronize(segmenter.device)
+        pipeline.process(frame, 0.0, vocabulary=vocabulary)  # returns once the outputs are on the host
         walls.append((time.perf_counter() - start) * 1000.0)
     names = sorted({name for frame in per_frame for name in frame})
     return {name: statistics.median(frame.get(name, 0.0) for frame in per_frame) for name in names}, statistics.median(walls)
@@ -153,26 +181,30 @@ def profile_frames(segmenter: Segmenter, rgb: np.ndarray, vocabulary: Vocabulary
 
 def bench_model(args: argparse.Namespace) -> int:
     load_at_start = os.getloadavg()[0]
-    segmenter, weights = build_segmenter(args)
+    pipeline, weights = build_pipeline(args)
+    segmenter = pipeline.segmenter
     kept_counts = cer_kept_counts(segmenter)
     width, height = (int(v) for v in args.image.lower().split("x"))
-    rgb = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    frame = camera_frame(width, height)
 
     results = []
     for vocab_name in args.vocab:
         names = load_class_list(vocab_name)
-        vocabulary = segmenter.encode_vocabulary(names) if args.encode_text else random_vocabulary(segmenter, names)
+        if args.encode_text:
+            vocabulary = pipeline.vocabularies.install(pipeline.vocabularies.encode(names))
+        else:
+            vocabulary = random_vocabulary(segmenter, names, args.distinct)
         for topk in args.cer:
-            if topk and not hasattr(segmenter.model, "cer_topk"):
+            if topk and not Segmenter.model_has_cer(segmenter.model):
                 continue
-            if hasattr(segmenter.model, "cer_topk"):
-                segmenter.model.cer_topk = topk or None
+            if Segmenter.model_has_cer(segmenter.model):
+                pipeline.set_cer_topk(topk or None)
             kept_counts.clear()
             reset_peak_memory(segmenter.device)
             try:
                 for _ in range(args.warmup):
-                    segmenter.segment(rgb, vocabulary)
-                stages, total = profile_frames(segmenter, rgb, vocabulary, args.repeats)
+                    pipeline.process(frame, 0.0, vocabulary=vocabulary)
+                stages, total = profile_frames(pipeline, frame, vocabulary, args.repeats)
                 outcome = f"{total:.1f} ms"
             except RuntimeError as error:
                 if not is_out_of_memory(error):
@@ -187,9 +219,10 @@ def bench_model(args: argparse.Namespace) -> int:
 
 
 def print_model_table(args, segmenter: Segmenter, weights, size: tuple[int, int], results: list[StageTimes], load: tuple[float, float]) -> None:
-    stage_names = [name for name in ("preprocess", "backbone", "cost_map", "side_adapter", "recognition", "decoder", "smoothing", "postprocess") if any(name in r.stages_ms for r in results)]
+    stage_names = [name for name in ("decode", "preprocess", "backbone", "cost_map", "side_adapter", "recognition", "decoder", "postprocess", "download") if any(name in r.stages_ms for r in results)]
+    features = "encoded" if args.encode_text else (f"random, {args.distinct} distinct (forced rejection)" if args.distinct else "random")
     print(f"\nmodel {args.model}, weights {weights or 'random'}, {segmenter.device} {args.precision}, image {size[1]}x{size[0]}, "
-          f"{args.warmup} warmup + {args.repeats} repeats (median), text features {'encoded' if args.encode_text else 'random'}")
+          f"{args.warmup} warmup + {args.repeats} repeats (median), text features {features}")
     print(f"machine: {machine_description(segmenter.device)}; torch {torch.__version__}; "
           f"load average {load[0]:.2f} at start, {load[1]:.2f} at end")
     memory = "peak GB (CUDA allocated)" if segmenter.device.type == "cuda" else "peak GB (RSS)"
@@ -212,6 +245,82 @@ def print_model_table(args, segmenter: Segmenter, weights, size: tuple[int, int]
                       f"decoder {r.stages_ms['decoder'] / off.stages_ms['decoder']:.2f}x")
 
 
+def publish_like_the_node(outputs) -> int:
+    """Encode every output into message bytes as the node does; bytes built."""
+    images = [outputs.labels, outputs.color, outputs.overlay, outputs.confidence, *outputs.masks.values()]
+    return sum(len(message_bytes(encode_image(image)[2])) for image in images if image is not None)
+
+
+def serial_throughput(pipeline: FramePipeline, frame: RawImageData, request: OutputRequest, frames: int) -> tuple[float, list[dict]]:
+    """Frames per second of process() + publishing, one frame after the other; per-frame timings."""
+    timings = []
+    start = time.perf_counter()
+    for index in range(frames):
+        outputs = pipeline.process(frame, index / 30.0, request)
+        publish_like_the_node(outputs)
+        timings.append(outputs.timings_ms)
+    return frames / (time.perf_counter() - start), timings
+
+
+def overlapped_throughput(pipeline: FramePipeline, frame: RawImageData, request: OutputRequest, frames: int) -> tuple[float, dict[str, int]]:
+    """Frames per second delivered by a FrameStream fed faster than it can go (publishing in
+    this thread, as the node's publishing thread does); the frame counters."""
+    stats = FrameStats()
+    stream = FrameStream(pipeline, stats)
+    stop = threading.Event()
+
+    def camera() -> None:
+        index = 0
+        while not stop.is_set():
+            stats.frame_received()
+            stream.submit(FrameTicket(frame, index / 30.0, request))
+            index += 1
+            time.sleep(0.001)
+
+    feeder = threading.Thread(target=camera, daemon=True)
+    feeder.start()
+    first = stream.next_result(timeout=60.0)  # the pipeline is full from here on
+    start, delivered = time.perf_counter(), 0
+    while delivered < frames:
+        result = stream.next_result(timeout=60.0)
+        if result is None or result.error is not None:
+            raise RuntimeError(f"stream stopped: {result and result.error}")
+        publish_like_the_node(result.outputs)
+        delivered += 1
+    rate = delivered / (time.perf_counter() - start)
+    stop.set()
+    feeder.join()
+    stream.close(10.0)
+    del first
+    return rate, stats.counts()
+
+
+def bench_pipeline(args: argparse.Namespace) -> int:
+    load_at_start = os.getloadavg()[0]
+    pipeline, weights = build_pipeline(args)
+    names = load_class_list(args.vocab)
+    vocabulary = pipeline.vocabularies.install(random_vocabulary(pipeline.segmenter, names))
+    print(f"\nframe path, model {args.model}, weights {weights or 'random'}, {pipeline.device} {args.precision}, "
+          f"{args.vocab} ({len(names)} classes), {args.frames} frames per row")
+    print(f"machine: {machine_description(pipeline.device)}; torch {torch.__version__}; load average {load_at_start:.2f} at start")
+    print("| image | outputs | serial frames/s | overlapped frames/s | overlapped / serial | decode | preprocess | model | postprocess | download (ms, serial medians) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for size in args.size:
+        width, height = (int(v) for v in size.lower().split("x"))
+        frame = camera_frame(width, height)
+        every = OutputRequest(color=True, overlay=True, confidence=True, masks=(0, 1, 2), masks_version=vocabulary.version)
+        for label, request in (("labels", OutputRequest()), ("all", every)):
+            pipeline.process(frame, 0.0, request)  # warm-up at this size
+            serial, timings = serial_throughput(pipeline, frame, request, args.frames)
+            overlapped, counts = overlapped_throughput(pipeline, frame, request, args.frames)
+            stages = [statistics.median(t[name] for t in timings) for name in ("decode", "preprocess", "model", "postprocess", "download")]
+            print(f"| {width}x{height} | {label} | {serial:.2f} | {overlapped:.2f} | {overlapped / serial:.2f}x | "
+                  + " | ".join(f"{ms:.2f}" for ms in stages) + " |")
+            print(f"  overlapped counters: {counts}", file=sys.stderr)
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
+    return 0
+
+
 def bench_text(args: argparse.Namespace) -> int:
     names = load_class_list(args.vocab)
     segmenter, weights = build_segmenter(args)
@@ -220,7 +329,7 @@ def bench_text(args: argparse.Namespace) -> int:
         seconds = []
         for _ in range(1 + args.repeats):
             start = time.perf_counter()
-            segmenter.encode_vocabulary(names)
+            segmenter.encode_text(names)
             if segmenter.device.type == "cuda":
                 torch.cuda.synchronize(segmenter.device)
             seconds.append(time.perf_counter() - start)
@@ -249,7 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--repeats", type=int, default=3)
     model.add_argument("--warmup", type=int, default=1)
     model.add_argument("--encode-text", action="store_true", help="encode the class names instead of random features")
+    model.add_argument("--distinct", type=int, default=0, help="random features: only N distinct ones (forces CER rejection)")
     commands.add_parser("model", parents=[common, model], help="per-stage model latency, CER on/off, vocabulary sizes")
+    pipeline = commands.add_parser("pipeline", parents=[common], help="frame path throughput: serial vs overlapped, labels only vs every output")
+    pipeline.add_argument("--size", nargs="+", default=["640x480", "1280x720"], help="camera image sizes WIDTHxHEIGHT")
+    pipeline.add_argument("--vocab", default="ade150", help="shipped class list (random text features)")
+    pipeline.add_argument("--frames", type=int, default=30, help="frames per measurement")
     text = commands.add_parser("text", parents=[common], help="text encoding of a class list, cold vs cached")
     text.add_argument("--vocab", default="ade150", help="shipped class list")
     text.add_argument("--repeats", type=int, default=3, help="cached calls (median)")
@@ -260,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "text":
         return bench_text(args)
+    if args.command == "pipeline":
+        return bench_pipeline(args)
     if args.command in ("model", "all"):
         bench_model(args)
     if args.command in ("node", "all"):
