@@ -351,7 +351,7 @@ class FramePipeline:
             unlabeled = vocabulary.unlabeled_id
             labels = best.to(torch.uint8 if unlabeled == 255 else torch.int32)
             if self.min_score > 0:
-                labels[confidence < self.min_score] = unlabeled
+                labels.masked_fill_(confidence < self.min_score, unlabeled)  # no host sync, unlike boolean indexing
             renderer = self._renderer_for(vocabulary)
             counts = renderer.class_counts(labels)
             device_outputs = {"labels": labels if unlabeled == 255 else labels.to(torch.int16), "counts": counts}

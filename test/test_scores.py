@@ -174,3 +174,22 @@ def test_san_coarse_covers_the_image_on_the_mask_grid(san_scores):
     assert torch.equal(smoothed.full(OUTPUT), reference)
     with pytest.raises(ValueError, match="does not replace"):
         san_scores.with_coarse(torch.rand(T, 6, 6))
+
+
+def test_candidates_give_the_labels_of_all_classes_without_upsampling_the_rejected():
+    """CER leaves rejected classes exactly 0: best() over the kept ones only gives full()'s
+    answer, a rejected class included where no kept one is above 0."""
+    generator = torch.Generator().manual_seed(3)
+    coarse = torch.rand((12, 16, 16), generator=generator)
+    kept = torch.tensor([2, 5, 6, 11])
+    rejected = torch.ones(12, dtype=torch.bool)
+    rejected[kept] = False
+    coarse[rejected] = 0.0
+    coarse[:, :4, :4] = 0.0  # no class scores there: the lowest id (0, rejected) wins, as in full()
+    plain = UpsampledScores(coarse, (16, 16))
+    with_candidates = UpsampledScores(coarse, (16, 16), candidates=kept)
+    expected_confidence, expected_labels = plain.full((40, 40)).max(dim=0)
+    confidence, labels = with_candidates.best((40, 40))
+    assert torch.equal(labels, expected_labels) and torch.allclose(confidence, expected_confidence, atol=1e-6)
+    assert labels[0, 0] == 0 and set(labels.unique().tolist()) <= {0, 2, 5, 6, 11}
+    assert with_candidates.with_coarse(coarse).candidates is None

@@ -106,15 +106,36 @@ class UpsampledScores(ClassScores):
             keep all of it (SED passes the size of the image the model received, which crops
             only when a side of that image is below 192).
         chunk_bytes: see :class:`ClassScores`.
+        candidates: (K,) ascending ids of the only classes that can score above 0; every other
+            row of ``coarse`` must be exactly 0 (SED's classes rejected by CER). :meth:`best`
+            then upsamples these K rows only and gives a rejected class a pixel only where
+            every candidate scores 0 or less there, as ``full().max(0)`` would (up to the ulp
+            by which the resize of a chunk may depend on the chunk's other classes).
     """
 
-    def __init__(self, coarse: torch.Tensor, valid_size: tuple[int, int], chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def __init__(self, coarse: torch.Tensor, valid_size: tuple[int, int], chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 candidates: torch.Tensor | None = None):
         if coarse.dim() != 3:
             raise ValueError(f"coarse scores are (T, h, w), got {tuple(coarse.shape)}")
         self._coarse = coarse
         self.valid_size = (int(valid_size[0]), int(valid_size[1]))
         self.num_classes = coarse.shape[0]
         self.chunk_bytes = chunk_bytes
+        self.candidates = candidates
+
+    def best(self, output_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.candidates is None or len(self.candidates) == self.num_classes:
+            return super().best(output_size)
+        kept = UpsampledScores(self._coarse[self.candidates], self.valid_size, self.chunk_bytes)
+        confidence, local = kept.best(output_size)
+        labels = self.candidates[local]
+        # The rejected classes score exactly 0: the lowest-numbered of them wins where no
+        # candidate is above 0 and it comes first (full().max's tie rule), or where all are below.
+        rejected = torch.ones(self.num_classes, dtype=torch.bool, device=labels.device)
+        rejected[self.candidates] = False
+        first_rejected = rejected.to(torch.uint8).argmax()  # on the device: no host sync
+        zero_wins = (confidence < 0) | ((confidence == 0) & (labels > first_rejected))
+        return confidence.masked_fill(confidence < 0, 0.0), torch.where(zero_wins, first_rejected, labels)
 
     def coarse(self) -> torch.Tensor:
         """(T, h, w) the map as given, uncropped."""
@@ -123,6 +144,7 @@ class UpsampledScores(ClassScores):
     def with_coarse(self, coarse: torch.Tensor) -> UpsampledScores:
         if coarse.shape != self._coarse.shape:
             raise ValueError(f"coarse map {tuple(coarse.shape)} does not replace {tuple(self._coarse.shape)}")
+        # Smoothing blends in the past, where other classes may score: no candidates any more.
         return UpsampledScores(coarse, self.valid_size, self.chunk_bytes)
 
     def _class_chunks(self, output_size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:

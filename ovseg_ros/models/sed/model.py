@@ -60,7 +60,8 @@ class SEDOutput:
         side of the input is below 192 (aspect ratios above about 13 : 1 once the long side is
         capped at 2560) it keeps only the map's top or left part, and we keep it too.
         """
-        return UpsampledScores(self.probs, self.image_size)
+        rejected_any = len(self.kept) < len(self.probs)
+        return UpsampledScores(self.probs, self.image_size, candidates=self.kept if rejected_any else None)
 
 
 class SED(OpenVocabModel):
