@@ -43,6 +43,7 @@ class FrameTicket:
     request: OutputRequest
     tag: object = None
     received: float = 0.0  # time.perf_counter() at submit
+    taken: float = 0.0  # ... when its decoding started
     started: float = 0.0  # ... when the model started on it
 
 
@@ -56,8 +57,14 @@ class StreamResult:
 
     @property
     def queue_ms(self) -> float:
-        """Arrival to the model starting on it (0 for a frame that failed before)."""
-        return max(0.0, self.ticket.started - self.ticket.received) * 1000.0
+        """Time spent waiting in the hand-offs: arrival to decoding, and prepared to the model
+        starting on it (the stages' own times are in the outputs' timings)."""
+        waited = (self.ticket.taken - self.ticket.received) + max(0.0, self.ticket.started - self.ticket.taken - self._prepare_s())
+        return max(0.0, waited) * 1000.0
+
+    def _prepare_s(self) -> float:
+        timings = self.outputs.timings_ms if self.outputs is not None else {}
+        return (timings.get("decode", 0.0) + timings.get("preprocess", 0.0)) / 1000.0
 
 
 class FrameStream:
@@ -145,6 +152,7 @@ class FrameStream:
             ticket = self._incoming.take(timeout=POLL_S)
             if ticket is None:
                 continue
+            ticket.taken = time.perf_counter()
             try:
                 prepared = self.pipeline.prepare(ticket.image)
             except Exception as exc:  # bad pixels: the caller reports it

@@ -438,7 +438,11 @@ class OvsegNode(LifecycleNode):
             image = CompressedImageData(msg.format, msg.data.tobytes() if hasattr(msg.data, "tobytes") else bytes(msg.data))
         else:
             image = RawImageData(msg.encoding, msg.height, msg.width, msg.step, memoryview(msg.data), bool(msg.is_bigendian))
-        ticket = FrameTicket(image, _stamp_ns(msg) * 1e-9, self._output_request(classes), FrameTag(msg.header, camera_info, self._activation))
+        try:
+            request = self._output_request(classes)
+        except Exception:  # InvalidHandle: a vocabulary change or cleanup destroyed a publisher meanwhile
+            request = OutputRequest()  # this frame: labels and info only
+        ticket = FrameTicket(image, _stamp_ns(msg) * 1e-9, request, FrameTag(msg.header, camera_info, self._activation))
         if stream.submit(ticket) == REFUSED:
             self._stats.frame_ignored()
 
@@ -590,7 +594,8 @@ class OvsegNode(LifecycleNode):
         topics = mask_topic_names(list(vocabulary.names))
         with self._output_lock:
             vocabulary = self._vocabularies.install(vocabulary)
-            old = self._classes.mask_publishers if self._classes else {}
+            # A copy: frame callbacks read the current state's publishers without the lock.
+            old = dict(self._classes.mask_publishers) if self._classes else {}
             publishers = {topic: old.pop(topic, None) or self._mask_publisher(topic) for topic in topics}
             for stale in old.values():
                 self.destroy_lifecycle_publisher(stale)

@@ -6,7 +6,9 @@ and drives it from this process with :class:`~ovseg_ros.tools.harness.Peer`. Use
 
 * latency: frames are sent one at a time (reliable QoS) and each is timed from publish
   to the arrival of its ``segmentation/info``; node overhead = that minus the model
-  forward the node reports for the frame.
+  forward the node reports for the frame. Twice: with label and info subscribed, then
+  with colour, overlay, confidence and 3 class masks subscribed too (what the node
+  renders and sends only while someone listens).
 * vocabulary: ``~/set_vocabulary`` round trip for a class list, with a cold text cache
   (a fresh cache folder for the node) and cached (the same names again).
 * soak: a camera stream with vocabulary changes interleaved; the node's resident memory
@@ -32,6 +34,7 @@ from ovseg_ros.tools.harness import NodeProcess, Peer
 from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
+from ovseg_ros.topic_names import mask_topic_names
 from ovseg_ros.vocabulary import load_class_list
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -39,6 +42,8 @@ NAMESPACE = "bench"
 CAMERA_TOPIC = f"/{NAMESPACE}/image_raw"
 READY_TIMEOUT_S = 600.0
 DIAGNOSTICS_PERIOD_S = 1.0  # the node publishes /diagnostics at 1 Hz
+VOCABULARY = ["person", "floor", "wall", "ceiling", "table", "chair"]
+SUBSCRIBED_MASKS = 3
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -63,11 +68,12 @@ class NodeSession:
         self.node = NodeProcess(
             {"namespace": NAMESPACE, "image_topic": CAMERA_TOPIC, "model": self.model, "device": self.device},
             self.log_dir / f"node_{self.model}.log",
-            extra_args=reliable_input + self.extra_args,
+            extra_args=reliable_input + ["-p", f"vocabulary:=[{', '.join(VOCABULARY)}]"] + self.extra_args,
             env={"OVSEG_CACHE_DIR": str(self.cache_dir)},
         )
         self.peer = Peer("ovseg_bench")
         self.infos = self.peer.record(f"/{NAMESPACE}/segmentation/info", SegmentationInfo)
+        self.labels = self.peer.record(f"/{NAMESPACE}/segmentation/label", Image)
         self.diagnostics = self.peer.record("/diagnostics", DiagnosticArray)
         self.publisher = self.peer.node.create_publisher(Image, CAMERA_TOPIC, RELIABLE)
         self.vocabulary_client = self.peer.node.create_client(SetVocabulary, f"/{NAMESPACE}/ovseg/set_vocabulary")
@@ -93,6 +99,21 @@ class NodeSession:
             return False
 
         return found[0] if self.peer.wait_for(arrived, timeout, poll=0.002) else None
+
+    def subscribe_every_output(self) -> bool:
+        """Subscribe to colour, overlay, confidence and the first class masks; True once a
+        frame came back on all of them (the node renders an output only for a subscriber it
+        has discovered)."""
+        masks = [f"masks/{topic}" for topic in mask_topic_names(VOCABULARY)[:SUBSCRIBED_MASKS]]
+        topics = [f"/{NAMESPACE}/segmentation/{name}" for name in ("color", "overlay", "confidence", *masks)]
+        recordings = [self.peer.record(topic, Image) for topic in topics]
+        for attempt in range(30):
+            probe = image(900_000 + attempt, 320, 240)
+            self.publisher.publish(probe)
+            if self.answer(probe, READY_TIMEOUT_S) is not None and all(recording.messages for recording in recordings):
+                return True
+            time.sleep(0.5)
+        return False
 
     def node_counters(self) -> dict[str, float]:
         """The latest frame counters (and GPU memory, on CUDA) from the node's diagnostics."""
@@ -241,11 +262,20 @@ def run_node_benchmarks(model: str, device: str, log_dir: Path, vocab: str, fram
         print(f"\nnode {model} on {device}, over DDS ({session.node.argv[0]}), frames sent one at a time, reliable QoS")
         print("| image | end-to-end p50 | p95 | model p50 | node overhead p50 | p95 | of which: queue | decode + preprocess | postprocess + publish | transport (rest) | unanswered |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for width, height in ((640, 480), (1280, 720)):
-            r = measure_latency(session, width, height, frames, timeout=READY_TIMEOUT_S)
-            transport = r["overhead_p50"] - r["queue_p50"] - r["preprocess_p50"] - r["postprocess_p50"]
-            print(f"| {width}x{height} | {r['end_to_end_p50']:.1f} | {r['end_to_end_p95']:.1f} | {r['model_p50']:.1f} | {r['overhead_p50']:.1f} | {r['overhead_p95']:.1f} "
-                  f"| {r['queue_p50']:.1f} | {r['preprocess_p50']:.1f} | {r['postprocess_p50']:.1f} | {transport:.1f} | {r['unanswered']} |")
+        overheads = {}
+        for outputs, subscribed in (("labels", "label + info"), ("every", f"+ colour, overlay, confidence, {SUBSCRIBED_MASKS} masks")):
+            if outputs == "every" and not session.subscribe_every_output():
+                print("  (the node never sent every output: not measured)")
+                break
+            for width, height in ((640, 480), (1280, 720)):
+                r = measure_latency(session, width, height, frames, timeout=READY_TIMEOUT_S)
+                overheads[(outputs, width)] = r["overhead_p50"]
+                transport = r["overhead_p50"] - r["queue_p50"] - r["preprocess_p50"] - r["postprocess_p50"]
+                print(f"| {width}x{height}, {subscribed} | {r['end_to_end_p50']:.1f} | {r['end_to_end_p95']:.1f} | {r['model_p50']:.1f} | {r['overhead_p50']:.1f} | {r['overhead_p95']:.1f} "
+                      f"| {r['queue_p50']:.1f} | {r['preprocess_p50']:.1f} | {r['postprocess_p50']:.1f} | {transport:.1f} | {r['unanswered']} |")
+        for width in (640, 1280):
+            if ("every", width) in overheads:
+                print(f"  node overhead p50, every output / label + info, width {width}: {overheads[('every', width)] / overheads[('labels', width)]:.2f}x")
 
         names = load_class_list(vocab)
         change = measure_vocabulary_change(session, names)
