@@ -121,11 +121,13 @@ class PipelineError(RuntimeError):
 
 class StageClock:
     """Stage boundaries of one frame: CUDA events on the device (no synchronisation), wall
-    time on the CPU, where every operation has finished when it returns."""
+    time on the CPU, where every operation has finished when it returns. Host-only work
+    (decoding) is timed on the host in either case (``host_ms``)."""
 
     def __init__(self, device: torch.device) -> None:
         self._cuda = device.type == "cuda"
         self._marks: list[tuple[str, object]] = []
+        self.host_ms: dict[str, float] = {}
 
     def mark(self, name: str, stream: torch.cuda.Stream | None = None) -> None:
         """The end of stage ``name`` (the start, for the first mark)."""
@@ -138,7 +140,7 @@ class StageClock:
 
     def elapsed_ms(self) -> dict[str, float]:
         """Milliseconds per stage; on CUDA, once the last marked event has completed."""
-        times = {}
+        times = dict(self.host_ms)
         for (_, start), (name, end) in zip(self._marks, self._marks[1:]):
             times[name] = start.elapsed_time(end) if self._cuda else (end - start) * 1000.0
         return times
@@ -238,11 +240,12 @@ class FramePipeline:
     def prepare(self, image: ImageData) -> PreparedFrame:
         """Decode ``image`` and queue its upload and resize. Raises :class:`ImageError` for bad pixels."""
         clock = StageClock(self.device)
-        clock.mark("start")
+        start = time.perf_counter()
         with stage("decode"):
             rgb = _decode(image)
-        clock.mark("decode")
+        clock.host_ms["decode"] = (time.perf_counter() - start) * 1000.0
         if not self._cuda:
+            clock.mark("start")
             pixels = torch.from_numpy(rgb)
             with stage("preprocess"):
                 model_input = self.segmenter.preprocess(pixels)
@@ -256,7 +259,7 @@ class FramePipeline:
             self._staging_free[slot].synchronize()  # its copy of two frames ago has finished
         staging.numpy()[...] = rgb
         with torch.cuda.stream(self._upload_stream), stage("preprocess"):
-            clock.mark("decode_done", self._upload_stream)
+            clock.mark("start", self._upload_stream)
             pixels = staging.to(self.device, non_blocking=True)
             uploaded = torch.cuda.Event()
             uploaded.record(self._upload_stream)
@@ -294,8 +297,7 @@ class FramePipeline:
             inferred.done.synchronize()
         host = inferred.host
         timings = inferred.clock.elapsed_ms()
-        for waiting in ("wait", "decode_done"):  # queueing between streams, not work
-            timings.pop(waiting, None)
+        timings.pop("wait", None)  # between the upload and compute streams: queueing, not work
         if self.cer_budget is not None:
             self.cer_budget.observe(timings["model"], topk=inferred.cer_topk)
         labels, counts = host["labels"], host["counts"]
