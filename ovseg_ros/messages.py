@@ -1,0 +1,74 @@
+"""Camera messages in, a frame's outputs out as ROS messages: what the node publishes.
+
+The node (:mod:`ovseg_ros.node`) and offline bag labeling (:mod:`ovseg_ros.tools.label_bag`)
+both build their messages here, so a recorded frame and a live one are the same bytes:
+
+    image = image_data(msg)                                  # sensor_msgs/Image or CompressedImage
+    outputs = pipeline.process(image, stamp_s, request)      # FramePipeline
+    label = image_msg(msg.header, outputs.labels)            # segmentation/label
+    info = info_msg(msg.header, outputs, "san_vit_b_16")     # segmentation/info
+    class_map = class_map_msg(outputs.vocabulary, stamp)     # segmentation/label_info
+
+Only what depends on the node's clock and threads is left to the node: ``queue_ms``,
+``end_to_end_ms`` and the publishing time inside ``postprocess_ms``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+
+from ovseg_ros.frame_pipeline import CompressedImageData, FrameOutputs, ImageData, RawImageData
+from ovseg_ros.image_codec import encode_image, message_bytes
+from ovseg_ros.msg import ClassMap, SegmentationInfo
+from ovseg_ros.topic_names import mask_topic_names
+from ovseg_ros.vocabulary import Vocabulary
+
+
+def image_data(msg: Image | CompressedImage) -> ImageData:
+    """The pipeline's view of an image message (raw data is not copied)."""
+    if isinstance(msg, CompressedImage):
+        return CompressedImageData(msg.format, msg.data.tobytes() if hasattr(msg.data, "tobytes") else bytes(msg.data))
+    return RawImageData(msg.encoding, msg.height, msg.width, msg.step, memoryview(msg.data), bool(msg.is_bigendian))
+
+
+def image_msg(header, pixels: np.ndarray) -> Image:
+    """``sensor_msgs/Image`` of (H, W) uint8 / uint16 (mono8 / mono16) or (H, W, 3) uint8 RGB (rgb8)."""
+    encoding, step, data = encode_image(pixels)
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = pixels.shape[:2]
+    msg.encoding, msg.step, msg.is_bigendian = encoding, step, 0
+    msg.data = message_bytes(data)
+    return msg
+
+
+def info_msg(header, outputs: FrameOutputs, model: str) -> SegmentationInfo:
+    """``segmentation/info`` of a frame: classes, fractions, CER's K and the frame path's stage
+    times. ``queue_ms`` and ``end_to_end_ms`` stay 0 and ``postprocess_ms`` excludes publishing:
+    only the node knows them."""
+    timings = outputs.timings_ms
+    info = SegmentationInfo()
+    info.header = header
+    info.vocabulary_version = outputs.vocabulary.version
+    info.class_names = list(outputs.vocabulary.names)
+    info.pixel_fractions = outputs.pixel_fractions.tolist()
+    info.present_class_ids = outputs.present_class_ids.tolist()
+    info.model = model
+    info.cer_topk = outputs.cer_topk
+    info.preprocess_ms = timings["decode"] + timings["preprocess"]
+    info.model_ms = timings["model"]
+    info.postprocess_ms = timings["postprocess"] + timings["download"]
+    return info
+
+
+def class_map_msg(vocabulary: Vocabulary, stamp) -> ClassMap:
+    """``segmentation/label_info``: label id -> class name and mask topic, stamped ``stamp``
+    (``builtin_interfaces/Time``)."""
+    msg = ClassMap()
+    msg.header.stamp = stamp
+    msg.vocabulary_version = vocabulary.version
+    msg.class_names = list(vocabulary.names)
+    msg.mask_topics = [f"segmentation/masks/{topic}" for topic in mask_topic_names(list(vocabulary.names))]
+    msg.unlabeled_id = vocabulary.unlabeled_id
+    return msg
