@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import array
 
-import cv2
 import numpy as np
+
+try:
+    import cv2
+except ImportError:  # the GPU check machine has no OpenCV (robots do): rgb8 frames decode without it
+    cv2 = None
 
 #: Largest image accepted (pixels): 8K UHD. Bigger frames are rejected, not resized.
 MAX_PIXELS = 7680 * 4320
@@ -29,20 +33,27 @@ MAX_PIXELS = 7680 * 4320
 #: Common sensor depths, in bits, that mono16 data is assumed to use (see the module doc).
 MONO16_DEPTHS = (8, 10, 12, 14, 16)
 
-#: encoding -> (channels, numpy dtype, conversion to RGB or None)
+#: encoding -> (channels, numpy dtype, name of the cv2 conversion to RGB or None)
 _ENCODINGS = {
     "rgb8": (3, np.uint8, None),
-    "bgr8": (3, np.uint8, cv2.COLOR_BGR2RGB),
-    "rgba8": (4, np.uint8, cv2.COLOR_RGBA2RGB),
-    "bgra8": (4, np.uint8, cv2.COLOR_BGRA2RGB),
-    "mono8": (1, np.uint8, cv2.COLOR_GRAY2RGB),
-    "mono16": (1, np.uint16, cv2.COLOR_GRAY2RGB),
+    "bgr8": (3, np.uint8, "COLOR_BGR2RGB"),
+    "rgba8": (4, np.uint8, "COLOR_RGBA2RGB"),
+    "bgra8": (4, np.uint8, "COLOR_BGRA2RGB"),
+    "mono8": (1, np.uint8, "COLOR_GRAY2RGB"),
+    "mono16": (1, np.uint16, "COLOR_GRAY2RGB"),
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
 
 
 class ImageError(ValueError):
     """An image message that cannot be decoded; the message says what is wrong."""
+
+
+def _require_opencv(what: str) -> None:
+    """Raise :class:`ImageError` if OpenCV, which ``what`` needs, is not installed."""
+    if cv2 is None:
+        raise ImageError(f"{what} needs OpenCV (python3-opencv / opencv-python), which is not installed; "
+                         "only rgb8 images decode without it")
 
 
 def _check_size(height: int, width: int) -> None:
@@ -75,7 +86,8 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: bytes 
         pixels = (pixels.astype(np.uint32) * 255 // full_scale).astype(np.uint8)
     if to_rgb is None:
         return np.ascontiguousarray(pixels)
-    return cv2.cvtColor(np.ascontiguousarray(pixels), to_rgb)
+    _require_opencv(f"converting {encoding} to RGB")
+    return cv2.cvtColor(np.ascontiguousarray(pixels), getattr(cv2, to_rgb))
 
 
 def mono16_depth(pixels: np.ndarray) -> int:
@@ -88,6 +100,7 @@ def decode_compressed(format_: str, data: bytes) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` (jpeg or png) -> (H, W, 3) uint8 RGB, EXIF orientation ignored."""
     if not data:
         raise ImageError(f"compressed image ({format_ or 'no format'}) has no data")
+    _require_opencv(f"decoding a compressed image ({format_ or 'no format'})")
     bgr = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise ImageError(f"cannot decode compressed image (format {format_!r}, {len(data)} bytes)")

@@ -11,9 +11,13 @@ from __future__ import annotations
 import colorsys
 import hashlib
 
-import cv2
 import numpy as np
 import torch
+
+try:
+    import cv2
+except ImportError:  # the GPU check machine has no OpenCV (robots do): the torch path runs without it
+    cv2 = None
 
 #: Colour of unlabeled pixels in the colour image.
 UNLABELED_COLOR = (0, 0, 0)
@@ -84,6 +88,9 @@ class Renderer:
         self.torch_ops = self.device.type != "cpu" if torch_ops is None else torch_ops
         if not self.torch_ops and self.device.type != "cpu":
             raise ValueError("the cv2 rendering path needs device='cpu'")
+        if not self.torch_ops and cv2 is None:
+            raise ImportError("the CPU rendering path needs OpenCV (python3-opencv / opencv-python), which is not "
+                              "installed; Renderer(..., torch_ops=True) renders without it")
         colors = palette(class_names, scheme)
         self.palette = torch.from_numpy(colors).to(self.device)
         if self.num_classes <= 254:

@@ -27,10 +27,14 @@ resolution, the class count, the vocabulary version or the device changes;
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+try:
+    import cv2
+except ImportError:  # the GPU check machine has no OpenCV (robots do): only "flow" needs it
+    cv2 = None
 
 MODES = ("none", "ema", "flow")
 
@@ -85,6 +89,9 @@ class TemporalSmoother:
         self.last_reset_reason: str | None = None
         self._dis = None
         if mode == "flow":
+            if cv2 is None:
+                raise ImportError("smoothing mode 'flow' needs OpenCV (python3-opencv / opencv-python), which is not "
+                                  "installed; 'ema' and 'none' do not")
             self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
             # The preset stops two pyramid levels above the input, too coarse once the
             # input is already downscaled; the finest level costs little at this size.
