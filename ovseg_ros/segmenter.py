@@ -7,8 +7,9 @@
 
 It owns what is the same for every model: device, precision (autocast), memory format,
 ``torch.compile`` of the heavy parts, the authors' resize to a 640 short edge, the
-text-embedding cache and SED's category early rejection switch. Decoding, smoothing, labels and rendering are the frame pipeline's
-(:mod:`ovseg_ros.frame_pipeline`); vocabularies are :mod:`ovseg_ros.vocabulary`'s.
+text-embedding cache and SED's category early rejection switch. Decoding, smoothing,
+labels and rendering are the frame pipeline's (:mod:`ovseg_ros.frame_pipeline`);
+vocabularies are :mod:`ovseg_ros.vocabulary`'s.
 
 Preprocessing deviates from the authors' evaluation path in one documented way: the
 authors resize the camera image with PIL (uint8, bilinear) to a 640 short edge before the
