@@ -11,6 +11,10 @@ status, output and an error string go into the report. The report is rewritten a
 row, so a run stopped from outside still leaves what was measured, and rows that did not
 run say so.
 
+Sections: ``parity`` (fp32 without TF32, and bf16 judged by the fixtures' GPU tolerance;
+the report tabulates both per array), ``bench_pipeline``, ``bench_model`` and ``compile``
+(SED-B, ADE-150, CER 8: eager vs ``--compile default`` vs ``reduce-overhead``).
+
 ``--small`` runs the same sections with tiny models and one parity case on whatever device
 there is (the CPU here): the test of this tool.
 """
@@ -56,6 +60,7 @@ SMALL_PARITY_CASES = ["san_b_seed1"]
 # use a 640x480 camera frame.
 MODEL_FRAMES = ["--image", "640x480", "--warmup", "3", "--repeats", "10"]
 SED_VOCABS_CER = ["--vocab", "ade150", "ade847", "--cer", "0", "8", "1"]
+SED_B_CER8_BF16 = ["--model", "sed_convnext_base", "--precision", "bf16", "--vocab", "ade150", "--cer", "8"]
 FULL: dict[str, list[Row]] = {
     "parity": [
         Row("fp32", PARITY + ["{fixtures}/" + c for c in FULL_PARITY_CASES], 180),
@@ -75,9 +80,15 @@ FULL: dict[str, list[Row]] = {
             "random weights reject almost nothing: 8 distinct text features force rejection"),
         Row("san_b_bf16", BENCH_MODEL + ["--model", "san_vit_b_16", "--precision", "bf16", "--vocab", "ade150", "ade847"] + MODEL_FRAMES, 90),
         Row("san_l_bf16", BENCH_MODEL + ["--model", "san_vit_large_14", "--precision", "bf16", "--vocab", "ade150", "ade847"] + MODEL_FRAMES, 120),
-        Row("sed_b_bf16_compile", BENCH_MODEL + ["--model", "sed_convnext_base", "--precision", "bf16",
-            "--vocab", "ade150", "--cer", "0", "8", "--compile"] + MODEL_FRAMES, 180,
-            "torch.compile / CUDA graphs on (option to be added to bench); compare with sed_b_bf16"),
+    ],
+    # Segmenter(compile_mode=...): the same SED-B frames eager, compiled, compiled with CUDA
+    # graphs; the first warm-up frame compiles (minutes), the timed frames do not.
+    "compile": [
+        Row("off", BENCH_MODEL + SED_B_CER8_BF16 + MODEL_FRAMES, 90, "eager: the baseline of the two rows below"),
+        Row("default", BENCH_MODEL + SED_B_CER8_BF16 + ["--compile", "default"] + MODEL_FRAMES, 240,
+            "torch.compile mode default (inductor) of the image encoder and each decoder stage"),
+        Row("reduce_overhead", BENCH_MODEL + SED_B_CER8_BF16 + ["--compile", "reduce-overhead"] + MODEL_FRAMES, 240,
+            "torch.compile mode reduce-overhead: inductor plus CUDA graphs (one per CER bucket size)"),
     ],
 }
 
@@ -96,9 +107,14 @@ SMALL: dict[str, list[Row]] = {
         Row("sed_tiny", BENCH_MODEL + ["--model", "sed_tiny_dev", "--vocab", "ade150", "--cer", "1", "--distinct", "2"] + SMALL_FRAMES, 60),
         Row("san_tiny", BENCH_MODEL + ["--model", "san_tiny_dev", "--vocab", "ade150"] + SMALL_FRAMES, 60),
     ],
+    # Inductor on this CPU: about 30 s of compiling in the first frame.
+    "compile": [
+        Row("default", BENCH_MODEL + ["--model", "sed_tiny_dev", "--vocab", "ade150", "--cer", "1", "--distinct", "2",
+            "--compile", "default"] + SMALL_FRAMES, 120),
+    ],
 }
 
-OPTIONAL_MODULES = ("torch", "torchvision", "timm", "open_clip", "cv2", "numpy", "PIL")
+OPTIONAL_MODULES = ("torch", "torchvision", "triton", "timm", "open_clip", "cv2", "numpy", "PIL")
 OUTPUT_TAIL_CHARS = 12_000
 NOT_RUN = "not run: the check was stopped before this row"
 
@@ -188,8 +204,10 @@ def parse_parity(stdout: str) -> dict:
             else:
                 name, _, detail = rest.partition(" ")
                 check = {"array": name, "passed": status == "PASS", "detail": detail.strip()}
-            if diff := re.search(r"max abs diff ([0-9.e+-]+)", rest):
-                check["max_abs_diff"] = float(diff.group(1))
+            if diff := re.search(r"max abs diff ([0-9.e+-]+) \(atol ([0-9.e+-]+)\)", rest):
+                check["max_abs_diff"], check["atol"] = float(diff.group(1)), float(diff.group(2))
+            if agreement := re.search(r"agreement ([0-9.]+)", rest):
+                check["agreement"] = float(agreement.group(1))
             cases[current].append(check)
         elif line.startswith("parity: "):
             verdict = line.removeprefix("parity: ").strip()
@@ -288,6 +306,8 @@ def markdown(report: dict) -> str:
         lines += ["", f"## {section}", "", "| check | status | seconds | error |", "|---|---|---|---|"]
         lines += [f"| {r['name']} | {r['status']} | {r['seconds'] if r['seconds'] is not None else '–'} | "
                   f"{(r['error'] or '').replace('|', '/')[:300]} |" for r in rows]
+        if section == "parity":
+            lines += parity_drift(rows)
         for r in rows:
             lines += ["", f"### {section}/{r['name']}: {r['status']}", ""]
             if r["note"]:
@@ -298,6 +318,28 @@ def markdown(report: dict) -> str:
             if r["status"] != "ok" and r["stderr"].strip():
                 lines += ["", "stderr (tail):", "```", r["stderr"].strip()[-2000:], "```"]
     return "\n".join(lines) + "\n"
+
+
+def parity_drift(rows: list[dict]) -> list[str]:
+    """Markdown table: per case and array, each parity row's max abs diff (or argmax agreement) and verdict."""
+    measured = [r for r in rows if r["parsed"].get("cases")]
+    if not measured:
+        return []
+    lines = ["", "| case | array | " + " | ".join(r["name"] for r in measured) + " |", "|---|---|" + "---|" * len(measured)]
+    arrays = dict.fromkeys((case, check["array"]) for r in measured for case, checks in r["parsed"]["cases"].items()
+                           for check in checks)
+    for case, array in arrays:
+        cells = []
+        for r in measured:
+            check = next((c for c in r["parsed"]["cases"].get(case, []) if c["array"] == array), None)
+            if check is None:
+                cells.append("–")
+                continue
+            value = (f"{check['max_abs_diff']:.1e} (atol {check['atol']:.0e})" if "max_abs_diff" in check else
+                     f"agreement {check['agreement']:.4f}" if "agreement" in check else check["detail"][:40])
+            cells.append(f"{value} {'PASS' if check['passed'] else '**FAIL**'}")
+        lines.append(f"| {case} | {array or 'ERROR'} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import torch
 
 from ovseg_ros.models.san import build_san
 from ovseg_ros.models.san.model import PIXEL_MEAN, PIXEL_STD
+from ovseg_ros.tools.check_parity import as_numpy, autocast
 
 
 def _check_supported(case: dict) -> None:
@@ -32,7 +33,7 @@ def _check_supported(case: dict) -> None:
         raise ValueError(f"case {case.get('case')}: unsupported SAN settings {bad} (mode {mode})")
 
 
-def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: str = "cpu") -> dict[str, np.ndarray]:
+def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: str = "cpu", precision: str = "fp32") -> dict[str, np.ndarray]:
     """Our values of the case's output arrays.
 
     Args:
@@ -40,6 +41,8 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
         image_input_u8: (3, H, W) uint8 RGB, the image the authors' model received.
         state_dict: official-keyed weights of the case.
         device: torch device.
+        precision: ``"fp32"``, or ``"bf16"`` for autocast around text and image towers, as the
+            Segmenter runs them (text features then cast back to float32, as it does).
 
     Returns:
         Every array named in ``case["arrays"]`` that SAN produces (``image_input_u8`` is an
@@ -54,9 +57,9 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
         raise ValueError(f"case has {mode['num_queries']} queries, SAN {model.config.num_queries}")
     model.to(device)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         image = torch.from_numpy(np.ascontiguousarray(image_input_u8)).to(device, torch.float32)[None]
-        prediction = model.predict(image, model.encode_text(case["class_names"]))
+        prediction = model.predict(image, model.encode_text(case["class_names"]).float())
         scores = prediction.scores()  # what model.forward returns
         sem_seg = scores.full(tuple(case["original_hw"]))
         _, labels = scores.best(tuple(case["original_hw"]))
@@ -75,5 +78,5 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
 
 def _as_declared(value: torch.Tensor, spec: dict) -> np.ndarray:
     """numpy in the dtype the case declares (e.g. float16 sem_seg), so both sides carry the same rounding."""
-    array = value.cpu().numpy()
+    array = as_numpy(value)
     return array.astype(spec["dtype"]) if "dtype" in spec else array

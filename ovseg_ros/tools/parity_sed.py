@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from ovseg_ros.models.sed.build import build_sed
+from ovseg_ros.tools.check_parity import as_numpy, autocast
 
 
-def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: str = "cpu") -> dict[str, np.ndarray]:
+def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: str = "cpu", precision: str = "fp32") -> dict[str, np.ndarray]:
     """Our values for every array that ``case["arrays"]`` lists (inputs excepted).
 
     Args:
@@ -23,6 +24,8 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
         image_input_u8: (3, H, W) uint8 RGB, the image after ResizeShortestEdge.
         state_dict: the weights, keyed as in the official checkpoint.
         device: torch device to run on.
+        precision: ``"fp32"``, or ``"bf16"`` for autocast around text and image towers, as the
+            Segmenter runs them (text features then cast back to float32, as it does).
     """
     model = build_sed(
         case["variant"].removeprefix("sed_"),
@@ -30,10 +33,10 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
         pooling_size=tuple(case["mode"]["POOLING_SIZES"]),
     ).to(device)
     image = torch.from_numpy(image_input_u8).to(device, torch.float32)[None]
-    text = model.encode_text(case["class_names"])
-
-    normal = model.predict(image, text)  # what model.forward returns .scores() of
-    _, labels = normal.scores().best(tuple(case["original_hw"]))
+    with autocast(device, precision):
+        text = model.encode_text(case["class_names"]).float()
+        normal = model.predict(image, text)  # what model.forward returns .scores() of
+        _, labels = normal.scores().best(tuple(case["original_hw"]))
     arrays = {
         "text_features": text,
         "clip_input": normal.clip_input,
@@ -47,7 +50,8 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
             continue
         topk = mode["TEST.TOPK"]
         model.cer_topk = topk
-        cer = model.predict(image, text)
+        with autocast(device, precision):
+            cer = model.predict(image, text)
         arrays[f"cer_top{topk}_probs"] = cer.probs
         for stage, kept in enumerate(cer.kept_per_stage, start=1):
             arrays[f"cer_top{topk}_kept_stage{stage}"] = kept
@@ -56,4 +60,4 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
     unknown = wanted - set(arrays)
     if unknown:
         raise KeyError(f"case {case.get('case')!r} lists arrays SED parity does not produce: {sorted(unknown)}")
-    return {name: arrays[name].cpu().numpy() for name in sorted(wanted)}
+    return {name: as_numpy(arrays[name]) for name in sorted(wanted)}
