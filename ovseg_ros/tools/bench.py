@@ -60,7 +60,7 @@ from ovseg_ros.handoff import FrameStats
 from ovseg_ros.image_codec import encode_image, message_bytes
 from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import file_digest
-from ovseg_ros.segmenter import Segmenter
+from ovseg_ros.segmenter import COMPILE_MODES, Segmenter
 from ovseg_ros.smoothing import TemporalSmoother
 from ovseg_ros.vocabulary import TextEmbeddingCache, Vocabulary, VocabularyManager, load_class_list
 
@@ -97,7 +97,8 @@ def build_segmenter(args: argparse.Namespace) -> tuple[Segmenter, Path | None]:
         torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     weights = resolve_weights(args.model, args.weights)
-    segmenter = Segmenter(build_model(args.model, weights), device=device, precision=args.precision)
+    compile_mode = None if args.compile == "off" else args.compile
+    segmenter = Segmenter(build_model(args.model, weights), device=device, precision=args.precision, compile_mode=compile_mode)
     return segmenter, weights
 
 
@@ -221,7 +222,7 @@ def bench_model(args: argparse.Namespace) -> int:
 def print_model_table(args, segmenter: Segmenter, weights, size: tuple[int, int], results: list[StageTimes], load: tuple[float, float]) -> None:
     stage_names = [name for name in ("decode", "preprocess", "backbone", "cost_map", "side_adapter", "recognition", "decoder", "postprocess", "download") if any(name in r.stages_ms for r in results)]
     features = "encoded" if args.encode_text else (f"random, {args.distinct} distinct (forced rejection)" if args.distinct else "random")
-    print(f"\nmodel {args.model}, weights {weights or 'random'}, {segmenter.device} {args.precision}, image {size[1]}x{size[0]}, "
+    print(f"\nmodel {args.model}, weights {weights or 'random'}, {segmenter.device} {args.precision}, compile {args.compile}, image {size[1]}x{size[0]}, "
           f"{args.warmup} warmup + {args.repeats} repeats (median), text features {features}")
     print(f"machine: {machine_description(segmenter.device)}; torch {torch.__version__}; "
           f"load average {load[0]:.2f} at start, {load[1]:.2f} at end")
@@ -354,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--device", default="auto")
     common.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     common.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    common.add_argument("--compile", default="off", choices=("off", *COMPILE_MODES),
+                        help="torch.compile mode of the model's heavy parts (Segmenter compile_mode; off: eager)")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--image", default="768x768", help="camera image WIDTHxHEIGHT")
     model.add_argument("--vocab", nargs="+", default=["ade150", "ade847"], help="shipped class lists")
