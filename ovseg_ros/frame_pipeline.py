@@ -3,18 +3,23 @@
     pipeline = FramePipeline(segmenter, vocabularies, TemporalSmoother("none"))
     outputs = pipeline.process(RawImageData("rgb8", 480, 640, 1920, data), stamp_s, OutputRequest(color=True))
     outputs.labels, outputs.color, outputs.pixel_fractions, outputs.timings_ms
+    outputs = pipeline.process(image, stamp_s, OutputRequest(points=True), depth=DepthData(depth_image, intrinsics))
+    outputs.points["x"], outputs.class_points.centroids                  # (N,) records, per-class 3D
 
 A frame walks down through the stages, each called from here and in this order:
 
-1. :meth:`FramePipeline.prepare`: decode (:mod:`~ovseg_ros.image_codec`, on the CPU), upload
-   through a persistent pinned staging buffer, resize to the model's input
+1. :meth:`FramePipeline.prepare`: decode (:mod:`~ovseg_ros.image_codec`, and the depth image
+   of a frame that has one, :func:`~ovseg_ros.points.decode_depth`, on the CPU), upload
+   through persistent pinned staging buffers, resize to the model's input
    (:meth:`Segmenter.preprocess`), on an upload stream of its own on CUDA.
 2. :meth:`FramePipeline.infer`: model (:class:`Segmenter`), temporal smoothing of the coarse
    scores (:class:`TemporalSmoother`), labels by a chunked argmax at the image's size
    (:meth:`ClassScores.best`: no (T, H, W) scores ever exist), rendering of the requested
-   outputs (:class:`Renderer`), then one device-to-host copy per output into pinned buffers,
-   all queued on the compute stream without waiting for it.
-3. :meth:`FramePipeline.finish`: waits for that frame's copies; stage times from CUDA events.
+   outputs (:class:`Renderer`), with depth the labeled points and their per-class summary
+   (:func:`~ovseg_ros.points.back_project`), then one device-to-host copy per output into
+   pinned buffers, all queued on the compute stream without waiting for it.
+3. :meth:`FramePipeline.finish`: waits for that frame's copies (then copies the compact
+   points, whose number it has just read); stage times from CUDA events.
 
 :meth:`FramePipeline.process` runs the three in series; :class:`~ovseg_ros.frame_stream.FrameStream`
 runs them overlapped, on threads of their own. Both are the same frame path. On the CPU the
@@ -33,6 +38,7 @@ import torch
 from .image_codec import decode_compressed, decode_image
 from .latency_budget import CerBudget
 from .models.base import stage
+from .points import ClassPoints, PinholeIntrinsics, back_project, class_summary, decode_depth, points_of
 from .rendering import Renderer
 from .segmenter import Segmenter
 from .smoothing import TemporalSmoother
@@ -68,6 +74,15 @@ ImageData = RawImageData | CompressedImageData
 
 
 @dataclass(frozen=True)
+class DepthData:
+    """A frame's depth image registered to its colour camera (16UC1 mm or 32FC1 m, see
+    :mod:`ovseg_ros.points`) and the colour camera's intrinsics."""
+
+    image: RawImageData
+    intrinsics: PinholeIntrinsics
+
+
+@dataclass(frozen=True)
 class OutputRequest:
     """Which outputs to compute besides labels, class fractions and timings (they cost time).
 
@@ -82,6 +97,12 @@ class OutputRequest:
     masks: tuple[int, ...] = ()
     masks_version: int = 0
     overlay_alpha: float = 0.5
+    #: The labeled point cloud, for a frame with depth (its per-class summary comes with any
+    #: frame with depth). ``points_stride``: every n-th pixel and row; pixels scoring below
+    #: ``points_min_score`` give no point.
+    points: bool = False
+    points_stride: int = 2
+    points_min_score: float = 0.0
 
 
 @dataclass
@@ -96,6 +117,10 @@ class FrameOutputs:
         color, overlay: (H, W, 3) uint8 RGB, when requested.
         confidence: (H, W) uint8, winning score x 255, when requested.
         masks: class id -> (H, W) uint8 (255 = class), for the requested ids.
+        points: (N,) :data:`~ovseg_ros.points.POINT_DTYPE` records (x, y, z, rgb, score,
+            label), when requested and the frame has depth.
+        class_points: the 3D summary of the present classes (parallel to
+            ``present_class_ids``), for a frame with depth.
         cer_topk: CER's K that this frame ran with (0: off, or a model without CER).
         smoothing_reset: why temporal smoothing restarted at this frame, or None.
         timings_ms: ``decode``, ``preprocess`` (upload, resize), ``model``, ``postprocess``
@@ -110,6 +135,8 @@ class FrameOutputs:
     overlay: np.ndarray | None = None
     confidence: np.ndarray | None = None
     masks: dict[int, np.ndarray] = field(default_factory=dict)
+    points: np.ndarray | None = None
+    class_points: ClassPoints | None = None
     cer_topk: int = 0
     smoothing_reset: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -172,14 +199,17 @@ class PreparedFrame:
     model_input: torch.Tensor  # (1, 3, H', W') float32 0..255
     clock: StageClock
     ready: torch.cuda.Event | None  # CUDA: the upload stream's work for this frame is queued before it
+    depth: torch.Tensor | None = None  # (H_d, W_d) uint16 mm or float32 m on the device
+    intrinsics: PinholeIntrinsics | None = None
 
 
 @dataclass
 class InferredFrame:
     """A frame whose outputs are queued for download (output of :meth:`FramePipeline.infer`).
 
-    ``host`` holds the host arrays ``labels``, ``counts`` and the requested images; on CUDA
-    the device may still be writing them until ``done``.
+    ``host`` holds the host arrays ``labels``, ``counts`` and the requested images (and with
+    depth ``points_count`` and ``class_summary``); on CUDA the device may still be writing
+    them until ``done``. ``device_points`` are the point records, copied once their number is known.
     """
 
     host: dict[str, np.ndarray]
@@ -189,6 +219,8 @@ class InferredFrame:
     smoothing_reset: str | None
     clock: StageClock
     done: torch.cuda.Event | None
+    device_points: torch.Tensor | None = None
+    slot: int = 0
 
 
 class FramePipeline:
@@ -237,30 +269,42 @@ class FramePipeline:
     # -- stages ---------------------------------------------------------------------
 
     @torch.inference_mode()
-    def prepare(self, image: ImageData) -> PreparedFrame:
-        """Decode ``image`` and queue its upload and resize. Raises :class:`ImageError` for bad pixels."""
+    def prepare(self, image: ImageData, depth: DepthData | None = None) -> PreparedFrame:
+        """Decode ``image`` (and ``depth``) and queue the upload and resize. Raises
+        :class:`ImageError` for bad pixels or depth."""
         clock = StageClock(self.device)
         start = time.perf_counter()
         with stage("decode"):
             rgb = _decode(image)
+            depth_pixels = None
+            if depth is not None:
+                depth.intrinsics.check()
+                raw = depth.image
+                depth_pixels = decode_depth(raw.encoding, raw.height, raw.width, raw.step, raw.data, raw.is_bigendian)
         clock.host_ms["decode"] = (time.perf_counter() - start) * 1000.0
+        intrinsics = depth.intrinsics if depth is not None else None
         if not self._cuda:
             clock.mark("start")
             pixels = torch.from_numpy(rgb)
             with stage("preprocess"):
                 model_input = self.segmenter.preprocess(pixels)
             clock.mark("preprocess")
-            return PreparedFrame(rgb, pixels, model_input, clock, None)
+            device_depth = torch.from_numpy(depth_pixels) if depth_pixels is not None else None
+            return PreparedFrame(rgb, pixels, model_input, clock, None, device_depth, intrinsics)
 
         slot = self._frames_prepared % 2
         self._frames_prepared += 1
         staging = self._staging.buffer(slot, "rgb", torch.from_numpy(rgb))
+        depth_staging = self._staging.buffer(slot, "depth", torch.from_numpy(depth_pixels)) if depth_pixels is not None else None
         if self._staging_free[slot] is not None:
             self._staging_free[slot].synchronize()  # its copy of two frames ago has finished
         staging.numpy()[...] = rgb
+        if depth_staging is not None:
+            depth_staging.numpy()[...] = depth_pixels
         with torch.cuda.stream(self._upload_stream), stage("preprocess"):
             clock.mark("start", self._upload_stream)
             pixels = staging.to(self.device, non_blocking=True)
+            device_depth = depth_staging.to(self.device, non_blocking=True) if depth_staging is not None else None
             uploaded = torch.cuda.Event()
             uploaded.record(self._upload_stream)
             self._staging_free[slot] = uploaded
@@ -268,7 +312,7 @@ class FramePipeline:
             clock.mark("preprocess", self._upload_stream)
             ready = torch.cuda.Event()
             ready.record(self._upload_stream)
-        return PreparedFrame(rgb, pixels, model_input, clock, ready)
+        return PreparedFrame(rgb, pixels, model_input, clock, ready, device_depth, intrinsics)
 
     @torch.inference_mode()
     def infer(self, prepared: PreparedFrame, stamp_s: float, request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None) -> InferredFrame:
@@ -285,6 +329,8 @@ class FramePipeline:
             # Made on the upload stream, used on this one: not to be reused before this frame is done.
             prepared.image.record_stream(self._compute_stream)
             prepared.model_input.record_stream(self._compute_stream)
+            if prepared.depth is not None:
+                prepared.depth.record_stream(self._compute_stream)
             prepared.clock.mark("wait", self._compute_stream)
             inferred = self._infer_on_device(prepared, vocabulary, stamp_s, request, slot)
             inferred.done = torch.cuda.Event()
@@ -302,23 +348,33 @@ class FramePipeline:
             self.cer_budget.observe(timings["model"], topk=inferred.cer_topk)
         labels, counts = host["labels"], host["counts"]
         names = inferred.vocabulary.names
+        present_class_ids = np.flatnonzero(counts[: len(names)]).astype(np.uint16)
+        points = class_points = None
+        if "class_summary" in host:
+            class_points = ClassPoints.from_summary(host["class_summary"], present_class_ids)
+        if inferred.device_points is not None:
+            points = points_of(self._compact_points_to_host(inferred), int(host["points_count"][0]))
         return FrameOutputs(
             labels=labels.view(np.uint16) if labels.dtype == np.int16 else labels,  # ids >= 32768 travel wrapped
             vocabulary=inferred.vocabulary,
             pixel_fractions=(counts[: len(names)] / labels.size).astype(np.float32),
-            present_class_ids=np.flatnonzero(counts[: len(names)]).astype(np.uint16),
+            present_class_ids=present_class_ids,
             color=host.get("color"),
             overlay=host.get("overlay"),
             confidence=host.get("confidence"),
             masks=dict(zip(inferred.mask_ids, host["masks"])) if inferred.mask_ids else {},
+            points=points,
+            class_points=class_points,
             cer_topk=inferred.cer_topk,
             smoothing_reset=inferred.smoothing_reset,
             timings_ms=timings,
         )
 
-    def process(self, image: ImageData, stamp_s: float, request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None) -> FrameOutputs:
+    def process(
+        self, image: ImageData, stamp_s: float, request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None, depth: DepthData | None = None
+    ) -> FrameOutputs:
         """The three stages in series: one frame in, its outputs out."""
-        return self.finish(self.infer(self.prepare(image), stamp_s, request, vocabulary))
+        return self.finish(self.infer(self.prepare(image, depth), stamp_s, request, vocabulary))
 
     def warm_up(self, vocabulary: Vocabulary, height: int = 480, width: int = 640) -> float:
         """One black frame through every stage (allocator, kernel selection); wall ms."""
@@ -368,11 +424,21 @@ class FramePipeline:
             mask_ids = list(request.masks) if request.masks_version == vocabulary.version else []
             if mask_ids:
                 device_outputs["masks"] = renderer.masks(labels, mask_ids)
+            cloud = None
+            if prepared.depth is not None:
+                with stage("points"):
+                    cloud = back_project(
+                        labels, confidence, prepared.image, prepared.depth, prepared.intrinsics, len(vocabulary.names), request.points_stride, request.points_min_score
+                    )
+                    device_outputs["class_summary"] = class_summary(cloud)
+                if request.points:
+                    device_outputs["points_count"] = cloud.count
         prepared.clock.mark("postprocess")
         with stage("download"):
             host = {name: self._to_host(tensor, name, slot) for name, tensor in device_outputs.items()}
         prepared.clock.mark("download")
-        return InferredFrame(host, vocabulary, mask_ids, cer_topk or 0, smoothing_reset, prepared.clock, None)
+        device_points = cloud.records if cloud is not None and request.points else None
+        return InferredFrame(host, vocabulary, mask_ids, cer_topk or 0, smoothing_reset, prepared.clock, None, device_points, slot)
 
     def _to_host(self, tensor: torch.Tensor, name: str, slot: int) -> np.ndarray:
         """A host array of ``tensor``: on CUDA a queued copy into a pinned buffer; on the CPU a view."""
@@ -380,6 +446,17 @@ class FramePipeline:
             return tensor.numpy()
         buffer = self._downloads.buffer(slot, name, tensor)
         buffer.copy_(tensor, non_blocking=True)
+        return buffer.numpy()
+
+    def _compact_points_to_host(self, inferred: InferredFrame) -> np.ndarray:
+        """The point records on the host: on the CPU a view; on CUDA one copy of the valid rows
+        only (their number was downloaded with the frame, and the frame is done)."""
+        records = inferred.device_points
+        if not self._cuda:
+            return records.numpy()
+        count = int(inferred.host["points_count"][0])
+        buffer = self._downloads.buffer(inferred.slot, "points", records)
+        buffer[:count].copy_(records[:count])
         return buffer.numpy()
 
     def _renderer_for(self, vocabulary: Vocabulary) -> Renderer:

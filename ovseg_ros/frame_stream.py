@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .frame_pipeline import FramePipeline, FrameOutputs, ImageData, InferredFrame, OutputRequest, PreparedFrame
+from .frame_pipeline import DepthData, FramePipeline, FrameOutputs, ImageData, InferredFrame, OutputRequest, PreparedFrame
 from .handoff import REFUSED, REPLACED, FrameStats, LatestFrameSlot
 
 INFERENCE_THREAD_NAME = "ovseg-inference"
@@ -35,13 +35,15 @@ POLL_S = 0.5  # how often idle threads look at the stop flag
 
 @dataclass
 class FrameTicket:
-    """A frame and what travels with it: its stamp, the outputs wanted, and the caller's
-    ``tag`` (opaque here: the node keeps the message header and its activation in it)."""
+    """A frame and what travels with it: its stamp, the outputs wanted, the caller's ``tag``
+    (opaque here: the node keeps the message header and its activation in it), and its
+    registered depth image, if any."""
 
     image: ImageData
     stamp_s: float
     request: OutputRequest
     tag: object = None
+    depth: DepthData | None = None
     received: float = 0.0  # time.perf_counter() at submit
     taken: float = 0.0  # ... when its decoding started
     started: float = 0.0  # ... when the model started on it
@@ -154,7 +156,7 @@ class FrameStream:
                 continue
             ticket.taken = time.perf_counter()
             try:
-                prepared = self.pipeline.prepare(ticket.image)
+                prepared = self.pipeline.prepare(ticket.image, ticket.depth)
             except Exception as exc:  # bad pixels: the caller reports it
                 self._deliver(ticket, None, exc)
                 continue
