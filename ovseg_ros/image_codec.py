@@ -108,19 +108,24 @@ def decode_compressed(format_: str, data: bytes) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def message_bytes(data: bytes | np.ndarray) -> array.array:
-    """Bytes for a ``uint8[]`` message field (``Image.data``).
+def message_bytes(data: bytes | memoryview | np.ndarray) -> array.array:
+    """Bytes for a ``uint8[]`` message field (``Image.data``), copied once.
 
     rclpy checks every element of a plain ``bytes`` value in Python, holding the GIL for
     about 0.1 s per megabyte; an ``array.array('B')`` is taken as it is.
     """
-    return array.array("B", data.tobytes() if isinstance(data, np.ndarray) else data)
+    if isinstance(data, np.ndarray):
+        data = memoryview(np.ascontiguousarray(data)).cast("B")
+    out = array.array("B")
+    out.frombytes(data)
+    return out
 
 
-def encode_image(pixels: np.ndarray) -> tuple[str, int, bytes]:
+def encode_image(pixels: np.ndarray) -> tuple[str, int, memoryview]:
     """(H, W) uint8/uint16 or (H, W, 3) uint8 RGB -> (encoding, step, data) for ``sensor_msgs/Image``.
 
-    Data is little-endian (``is_bigendian`` False).
+    ``data`` is a byte view of the pixels (no copy; :func:`message_bytes` makes the one the
+    message needs), little-endian (``is_bigendian`` False).
     """
     if pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8:
         encoding = "rgb8"
@@ -132,4 +137,4 @@ def encode_image(pixels: np.ndarray) -> tuple[str, int, bytes]:
     else:
         raise ImageError(f"cannot encode array of shape {pixels.shape} and dtype {pixels.dtype}")
     pixels = np.ascontiguousarray(pixels)
-    return encoding, pixels.strides[0], pixels.tobytes()
+    return encoding, pixels.strides[0], memoryview(pixels).cast("B")
