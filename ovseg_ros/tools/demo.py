@@ -1,4 +1,4 @@
-"""The main job on the built-in sample: replay a camera bag through the node, record its outputs.
+"""The main job on the built-in sample: replay a camera bag through the node, record its outputs, then label every frame offline.
 
     python -m ovseg_ros.tools.demo [--bag DIR] [--out DIR] [--model NAME] [--weights PATH]
 
@@ -7,7 +7,9 @@
    would (same executable, same parameters file);
 3. replays the bag into it over DDS at the bag's rate and records the node's outputs into
    an output bag;
-4. writes overlay PNGs and prints a one-screen summary (frames in/out, dropped, latency).
+4. writes overlay PNGs and prints a one-screen summary (frames in/out, dropped, latency);
+5. labels the same bag offline (:mod:`ovseg_ros.tools.label_bag`: every frame, no real-time
+   pacing) into ``labeled_bag`` and says how many frames it labeled, how fast.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from sensor_msgs.msg import Image
 
 from ovseg_ros.bag import SAMPLE_TOPIC, typestore, write_sample_bag
+from ovseg_ros.tools import label_bag
 from ovseg_ros.tools.harness import NodeProcess, Peer, package_share
 from ovseg_ros.models import resolve_weights, weights_dir
 from ovseg_ros.msg import SegmentationInfo
@@ -121,7 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     overlay_paths = write_overlays(args.out, frames, recordings["segmentation/color"].decoded())
     weights = resolve_weights(args.model or "sed_convnext_base", args.weights)
     print_summary(len(frames), infos, latencies_ms, recordings, output_bag, overlay_paths, weights, exit_code)
-    return 0 if infos and exit_code == 0 else 1
+    offline_code = label_offline(args.bag, args.out / "labeled_bag", args.model, args.weights)
+    return 0 if infos and exit_code == 0 and offline_code == 0 else 1
+
+
+def label_offline(bag: Path, labeled_bag: Path, model: str, weights: str) -> int:
+    """Every frame of ``bag`` through the same model, offline, into ``labeled_bag`` (replaced if
+    there); label_bag prints the count and frames/s. The node has exited: all cores are free."""
+    print(f"\nlabeling every frame of {bag} offline (python -m ovseg_ros.tools.label_bag)")
+    argv = [str(bag), str(labeled_bag), "--overwrite", "--outputs", "label,info,class_map,color"]
+    argv += ["--model", model] if model else []
+    argv += ["--weights", weights] if weights else []
+    return label_bag.main(argv)
 
 
 def wait_for_last_answer(peer: Peer, infos, last_stamp: tuple[int, int], timeout: float) -> None:
