@@ -248,8 +248,6 @@ def test_vocabulary_growing_to_847_classes_steps_k_down(peer, node, infos, speed
         stream.start()
 
 
-@pytest.mark.xfail(strict=True, reason="the pipeline never calls CerBudget.forget() on a new vocabulary: the p95 measured "
-                   "at 847 classes keeps K low for forget_after (600) frames after the vocabulary shrinks back")
 def test_vocabulary_shrinking_back_lets_k_climb_again(peer, infos):
     """After the previous test: 10 classes again, under a budget that fits them at K=8."""
     version = infos.since(0)[-1].vocabulary_version
