@@ -2,12 +2,14 @@
 
 Topics (relative to the node's namespace):
     image (sensor_msgs/Image) or image/compressed   in, sensor-data QoS (QoS overrides allowed)
-    camera_info (sensor_msgs/CameraInfo)            in, optional (use_camera_info), paired to frames by stamp
+    camera_info (sensor_msgs/CameraInfo)            in, optional (use_camera_info, use_depth), paired to frames by stamp
+    depth (sensor_msgs/Image)                       in, optional (use_depth): 16UC1 mm or 32FC1 m, registered to the image
     segmentation/label (sensor_msgs/Image)          mono8 (<= 254 classes, 255 = unlabeled) or mono16
     segmentation/color, segmentation/overlay        rgb8 class colours, and blended over the image
     segmentation/confidence (sensor_msgs/Image)     mono8, winning score x 255
     segmentation/masks/<class> (sensor_msgs/Image)  mono8 per class, follows the vocabulary
     segmentation/camera_info                        the frame's own camera_info, with the output header
+    segmentation/points (sensor_msgs/PointCloud2)   use_depth: x, y, z, rgb, score, label per valid depth pixel
     segmentation/info (ovseg_ros/SegmentationInfo)  per frame: vocabulary version, fractions, latency
     segmentation/label_info (ovseg_ros/ClassMap)    class id -> name, transient local
     segmentation/vision_label_info (vision_msgs/LabelInfo)  the same for vision_msgs users
@@ -55,10 +57,10 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from vision_msgs.msg import LabelInfo, VisionClass
 
-from ovseg_ros.frame_pipeline import CompressedImageData, FrameOutputs, FramePipeline, OutputRequest, RawImageData
+from ovseg_ros.frame_pipeline import CompressedImageData, DepthData, FrameOutputs, FramePipeline, OutputRequest, RawImageData
 from ovseg_ros.frame_stream import INFERENCE_THREAD_NAME, FrameStream, FrameTicket, StreamResult
 from ovseg_ros.handoff import REFUSED, FrameStats, SerialWorker
 from ovseg_ros.image_codec import ImageError, encode_image, message_bytes
@@ -67,6 +69,7 @@ from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import CheckpointError, file_digest
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.parameters import PARAMETERS, PARAMETERS_BY_NAME
+from ovseg_ros.point_cloud import intrinsics_from_camera_info, point_cloud_msg
 from ovseg_ros.segmenter import Segmenter
 from ovseg_ros.smoothing import TemporalSmoother
 from ovseg_ros.srv import SetVocabulary
@@ -87,7 +90,7 @@ OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
 # The class map is state: late subscribers get the current one.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 LOG_THROTTLE_S = 5.0
-# Frames (and camera_infos) that wait for their partner, as in image_transport's CameraSubscriber.
+# Frames (and camera_infos, depth images) that wait for their partners, as in image_transport's CameraSubscriber.
 CAMERA_INFO_SYNC_QUEUE = 10
 DIAGNOSTICS_PERIOD_S = 1.0
 PUBLISH_THREAD_NAME = "ovseg-publish"
@@ -136,9 +139,9 @@ class ClassState:
 
 
 class UnpairedFrames:
-    """Counts the frames the camera_info synchronizer gives up on.
+    """Counts the frames the synchronizer gives up on (no camera_info, or depth, of their stamp).
 
-    It mirrors the synchronizer's queue of frames waiting for a camera_info: a frame pushed
+    It mirrors the synchronizer's queue of frames waiting for their partners: a frame pushed
     out by ``queue_size`` newer ones (oldest stamp first) is unsynchronized. Called from the
     frames' callback group only.
     """
@@ -400,7 +403,7 @@ class OvsegNode(LifecycleNode):
         self._info_pub = publisher(SegmentationInfo, "segmentation/info")
         self._class_map_pub = publisher(ClassMap, "segmentation/label_info", LATCHED_QOS)
         self._label_info_pub = publisher(LabelInfo, "segmentation/vision_label_info", LATCHED_QOS)
-        self._camera_info_pub = publisher(CameraInfo, "segmentation/camera_info") if self._param("use_camera_info") else None
+        self._camera_info_pub = publisher(CameraInfo, "segmentation/camera_info") if self._param("use_camera_info") or self._param("use_depth") else None
 
         # Frames get a callback group of their own: no service or timer callback delays them.
         options = {
@@ -409,26 +412,30 @@ class OvsegNode(LifecycleNode):
             "event_callbacks": NO_SUBSCRIPTION_EVENTS,  # destroyed on cleanup while the executor spins
         }
         image_type, image_topic = (CompressedImage, "image/compressed") if self._param("input_transport") == "compressed" else (Image, "image")
-        if not self._param("use_camera_info"):
+        use_depth = self._param("use_depth")
+        self._points_pub = publisher(PointCloud2, "segmentation/points") if use_depth else None
+        if not (self._param("use_camera_info") or use_depth):
             self._entities.append(self.create_subscription(image_type, image_topic, self._on_image, qos_profile_sensor_data, **options))
             return
-        # Each frame goes out with the camera_info of its own stamp, as image_transport's
-        # CameraSubscriber pairs them, never with whichever arrived last.
+        # Each frame goes out with the camera_info (and depth image) of its own stamp, as
+        # image_transport's CameraSubscriber pairs them, never with whichever arrived last.
         images = Subscriber(self, image_type, image_topic, qos_profile=qos_profile_sensor_data, **options)
-        camera_infos = Subscriber(self, CameraInfo, "camera_info", qos_profile=qos_profile_sensor_data, **options)
+        partners = [Subscriber(self, CameraInfo, "camera_info", qos_profile=qos_profile_sensor_data, **options)]
+        if use_depth:
+            partners.append(Subscriber(self, Image, "depth", qos_profile=qos_profile_sensor_data, **options))
         images.registerCallback(self._on_image_to_pair)  # before the synchronizer, which may pair it at once
-        slop = self._param("camera_info_sync_slop_s")
+        slop = self._param("depth_sync_slop_s" if use_depth else "camera_info_sync_slop_s")
         if slop > 0:
-            synchronizer = ApproximateTimeSynchronizer([images, camera_infos], CAMERA_INFO_SYNC_QUEUE, slop)
+            synchronizer = ApproximateTimeSynchronizer([images, *partners], CAMERA_INFO_SYNC_QUEUE, slop)
         else:
-            synchronizer = TimeSynchronizer([images, camera_infos], CAMERA_INFO_SYNC_QUEUE)
-        synchronizer.registerCallback(self._on_image_with_camera_info)
+            synchronizer = TimeSynchronizer([images, *partners], CAMERA_INFO_SYNC_QUEUE)
+        synchronizer.registerCallback(self._on_image_with_partners)
         self._unpaired_frames.forget_waiting()
-        self._entities += [images.sub, camera_infos.sub]
+        self._entities += [images.sub, *(partner.sub for partner in partners)]
 
     # -- callbacks (executor threads: short, never wait for the model) ----------------
 
-    def _on_image(self, msg: Image | CompressedImage, camera_info: CameraInfo | None = None) -> None:
+    def _on_image(self, msg: Image | CompressedImage, camera_info: CameraInfo | None = None, depth: Image | None = None) -> None:
         self._stats.frame_received()
         stream, classes = self._stream, self._classes
         if not self._active or stream is None or classes is None:
@@ -437,12 +444,21 @@ class OvsegNode(LifecycleNode):
         if isinstance(msg, CompressedImage):
             image = CompressedImageData(msg.format, msg.data.tobytes() if hasattr(msg.data, "tobytes") else bytes(msg.data))
         else:
-            image = RawImageData(msg.encoding, msg.height, msg.width, msg.step, memoryview(msg.data), bool(msg.is_bigendian))
+            image = _raw_image_data(msg)
+        depth_data = None
+        if depth is not None:
+            # A camera_info without a size describes the colour image (raw) or, registered, the depth image's grid.
+            width, height = (depth.width, depth.height) if isinstance(msg, CompressedImage) else (msg.width, msg.height)
+            try:
+                depth_data = DepthData(_raw_image_data(depth), intrinsics_from_camera_info(camera_info, width, height))
+            except ImageError as exc:
+                self._frame_failed(f"bad camera_info: {exc}")
+                return
         try:
             request = self._output_request(classes)
         except Exception:  # InvalidHandle: a vocabulary change or cleanup destroyed a publisher meanwhile
             request = OutputRequest()  # this frame: labels and info only
-        ticket = FrameTicket(image, _stamp_ns(msg) * 1e-9, request, FrameTag(msg.header, camera_info, self._activation))
+        ticket = FrameTicket(image, _stamp_ns(msg) * 1e-9, request, FrameTag(msg.header, camera_info, self._activation), depth_data)
         if stream.submit(ticket) == REFUSED:
             self._stats.frame_ignored()
 
@@ -462,17 +478,22 @@ class OvsegNode(LifecycleNode):
             masks=masks,
             masks_version=classes.vocabulary.version,
             overlay_alpha=self._param("overlay_alpha"),
+            points=self._points_pub is not None and self._points_pub.get_subscription_count() > 0,
+            points_stride=self._param("points_stride"),
+            points_min_score=self._param("points_min_score"),
         )
 
     def _on_image_to_pair(self, msg: Image | CompressedImage) -> None:
         if self._unpaired_frames.arrived(msg, self._active):
-            self.get_logger().warning(
-                "frame not processed: no camera_info with its stamp (camera_info_sync_slop_s) arrived in time", throttle_duration_sec=LOG_THROTTLE_S
-            )
+            slop = "depth_sync_slop_s" if self._param("use_depth") else "camera_info_sync_slop_s"
+            self.get_logger().warning(f"frame not processed: no {self._partner_names()} with its stamp ({slop}) arrived in time", throttle_duration_sec=LOG_THROTTLE_S)
 
-    def _on_image_with_camera_info(self, msg: Image | CompressedImage, camera_info: CameraInfo) -> None:
+    def _partner_names(self) -> str:
+        return "depth image and camera_info" if self._param("use_depth") else "camera_info"
+
+    def _on_image_with_partners(self, msg: Image | CompressedImage, camera_info: CameraInfo, depth: Image | None = None) -> None:
         self._unpaired_frames.paired(msg)
-        self._on_image(msg, camera_info)
+        self._on_image(msg, camera_info, depth)
 
     def _on_set_vocabulary(self, request: SetVocabulary.Request, response: SetVocabulary.Response) -> SetVocabulary.Response:
         try:
@@ -679,6 +700,8 @@ class OvsegNode(LifecycleNode):
         if tag.camera_info is not None:
             tag.camera_info.header = header  # the paired one: same stamp within the slop
             self._camera_info_pub.publish(tag.camera_info)
+        if outputs.points is not None:
+            self._points_pub.publish(point_cloud_msg(header, outputs.points))
 
     def _info_msg(self, header, outputs: FrameOutputs, queue_ms: float, publish_ms: float) -> SegmentationInfo:
         timings = outputs.timings_ms
@@ -688,6 +711,12 @@ class OvsegNode(LifecycleNode):
         info.class_names = list(outputs.vocabulary.names)
         info.pixel_fractions = outputs.pixel_fractions.tolist()
         info.present_class_ids = outputs.present_class_ids.tolist()
+        if outputs.class_points is not None:
+            summary = outputs.class_points
+            info.class_point_counts = summary.point_counts.tolist()
+            info.class_centroids = summary.centroids.ravel().tolist()
+            info.class_extent_min = summary.extent_min.ravel().tolist()
+            info.class_extent_max = summary.extent_max.ravel().tolist()
         info.model = self._param("model")
         info.cer_topk = outputs.cer_topk
         info.queue_ms = queue_ms
@@ -716,7 +745,7 @@ class OvsegNode(LifecycleNode):
         elif time.monotonic() - self._last_frame_error_at < LOG_THROTTLE_S:
             status.summary(DiagnosticStatus.WARN, self._last_frame_error)
         elif time.monotonic() - self._unpaired_frames.last_at < LOG_THROTTLE_S:
-            status.summary(DiagnosticStatus.WARN, "frames without a camera_info of their stamp are not processed")
+            status.summary(DiagnosticStatus.WARN, f"frames without a {self._partner_names()} of their stamp are not processed")
         elif self._weights_note.startswith("RANDOM"):
             status.summary(DiagnosticStatus.WARN, self._weights_note)
         else:
@@ -760,6 +789,10 @@ def _frame_error_message(error: Exception) -> str:
 
 def _stamp_ns(msg) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def _raw_image_data(msg: Image) -> RawImageData:
+    return RawImageData(msg.encoding, msg.height, msg.width, msg.step, memoryview(msg.data), bool(msg.is_bigendian))
 
 
 def _image_msg(header, pixels: np.ndarray) -> Image:

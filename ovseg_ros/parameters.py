@@ -89,6 +89,25 @@ PARAMETERS = (
         min_value=0.0,
         max_value=1.0,
     ),
+    ParameterSpec(
+        "use_depth",
+        False,
+        "Subscribe to depth (16UC1 mm or 32FC1 m, registered to the colour camera) and camera_info, paired with each frame by "
+        "stamp, and publish segmentation/points and the per-class 3D summary in segmentation/info; frames without both are "
+        "not processed (counted as frames_unsynchronized).",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "depth_sync_slop_s",
+        0.02,
+        "With use_depth: a depth image and a camera_info pair with a frame whose stamp is less than this apart (s); "
+        "0 = equal stamps only.",
+        read_only=True,
+        min_value=0.0,
+        max_value=1.0,
+    ),
+    ParameterSpec("points_stride", 2, "With use_depth: one point per points_stride pixels in each points_stride-th row.", min_value=1, max_value=64),
+    ParameterSpec("points_min_score", 0.0, "With use_depth: pixels whose best class score is below this give no point.", min_value=0.0, max_value=1000.0),
     ParameterSpec("max_rate_hz", 0.0, "Process at most this many frames per second (0 = as fast as the model goes).", min_value=0.0, max_value=1000.0),
     # Outputs. Overlay and mask images are only computed while someone subscribes.
     ParameterSpec("publish_color", True, "Publish segmentation/color (rgb8 class colours)."),
