@@ -198,3 +198,20 @@ def test_depth_beyond_the_slop_gives_no_cloud_and_a_diagnostic(node, peer, topic
     # Within the slop (5 ms late), the node still serves.
     frame = send_frame(peer, publishers, recordings, 130, scene_mm(), 5 * 10**6)
     assert output_of(peer, recordings["points"], frame) is not None and node.process.poll() is None
+
+
+def test_bad_depth_is_logged_and_skipped(node, peer, topics):
+    recordings, publishers = topics
+    frame = raw_image(140)
+    bad = depth_image(frame, scene_mm())
+    bad.encoding = "bgr8"
+    for _ in range(3):
+        publishers["camera_info"].publish(camera_info(frame))
+        publishers["depth"].publish(bad)
+        publishers["image"].publish(frame)
+        if peer.wait_for(lambda: "unsupported depth encoding 'bgr8'" in node.log_text(), 5.0):
+            break
+    assert "unsupported depth encoding 'bgr8'" in node.log_text()
+    assert not answered(recordings["info"], 140)
+    frame = send_frame(peer, publishers, recordings, 141, scene_mm())
+    assert output_of(peer, recordings["points"], frame) is not None and node.process.poll() is None
