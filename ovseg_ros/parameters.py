@@ -84,7 +84,8 @@ PARAMETERS = (
     ParameterSpec(
         "camera_info_sync_slop_s",
         0.0,
-        "With use_camera_info: a camera_info pairs with a frame whose stamp is less than this apart (s); 0 = equal stamps only.",
+        "With use_camera_info: a camera_info pairs with a frame whose stamp is less than this apart (s); 0 = equal stamps only. "
+        "With use_depth, depth_sync_slop_s applies instead.",
         read_only=True,
         min_value=0.0,
         max_value=1.0,
