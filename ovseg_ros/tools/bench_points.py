@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.width}x{args.height}, stride {args.stride}, {args.classes} classes: {len(points)} points, torch threads {torch.get_num_threads()}")
     for name, function in (("point cloud (records)", cloud), ("  + PointCloud2 bytes", cloud_bytes), ("per-class 3D summary", summary)):
         wall, cpu = timed_ms(function, args.repeats)
-        print(f"{name:28s} wall median {np.median(wall):6.2f} ms  p95 {np.percentile(wall, 95):6.2f} ms   CPU median {np.median(cpu):6.2f} ms")
+        print(f"{name:28s} wall median {np.median(wall):6.2f} ms  p95 {np.percentile(wall, 95):6.2f} ms   this thread CPU {np.median(cpu):6.2f} ms")
 
 
 if __name__ == "__main__":
