@@ -234,6 +234,8 @@ class FramePipeline:
         palette: class colours, ``"name"`` or ``"index"`` (see :mod:`ovseg_ros.rendering`).
         min_score: pixels whose best score is below this are unlabeled.
         cer_budget: adapts CER's K to a latency budget (SED with ``cer_topk`` only).
+        torch_rendering: render with torch ops (None: on CUDA only; on the CPU cv2 is faster,
+            but a machine without OpenCV can render with torch there too).
 
     :meth:`prepare` is called from one thread at a time and :meth:`infer` from one thread at
     a time (they may be two different threads); :meth:`finish` from any.
@@ -247,6 +249,7 @@ class FramePipeline:
         palette: str = "name",
         min_score: float = 0.0,
         cer_budget: CerBudget | None = None,
+        torch_rendering: bool | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.vocabularies = vocabularies
@@ -254,6 +257,8 @@ class FramePipeline:
         self.palette = palette
         self.min_score = min_score
         self.cer_budget = cer_budget
+        self._budget_vocabulary_version = 0
+        self.torch_rendering = torch_rendering
         self.device = segmenter.device
         self._cuda = self.device.type == "cuda"
         self._renderer: tuple[int, Renderer] | None = None  # (vocabulary version, renderer)
@@ -345,6 +350,10 @@ class FramePipeline:
         timings = inferred.clock.elapsed_ms()
         timings.pop("wait", None)  # between the upload and compute streams: queueing, not work
         if self.cer_budget is not None:
+            if inferred.vocabulary.version != self._budget_vocabulary_version:
+                # Another class count: the p95s measured at other K no longer hold (frames finish in order).
+                self._budget_vocabulary_version = inferred.vocabulary.version
+                self.cer_budget.forget()
             self.cer_budget.observe(timings["model"], topk=inferred.cer_topk)
         labels, counts = host["labels"], host["counts"]
         names = inferred.vocabulary.names
@@ -461,7 +470,7 @@ class FramePipeline:
 
     def _renderer_for(self, vocabulary: Vocabulary) -> Renderer:
         if self._renderer is None or self._renderer[0] != vocabulary.version:
-            self._renderer = (vocabulary.version, Renderer(list(vocabulary.names), self.palette, self.device))
+            self._renderer = (vocabulary.version, Renderer(list(vocabulary.names), self.palette, self.device, torch_ops=self.torch_rendering))
         return self._renderer[1]
 
 

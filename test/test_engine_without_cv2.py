@@ -24,7 +24,7 @@ WITHOUT_CV2 = textwrap.dedent(f"""
     import json, sys
     sys.modules["cv2"] = None  # import cv2 now raises ImportError
     import numpy as np, torch
-    from ovseg_ros.frame_pipeline import CompressedImageData, FramePipeline, RawImageData
+    from ovseg_ros.frame_pipeline import CompressedImageData, FramePipeline, OutputRequest, RawImageData
     from ovseg_ros.image_codec import ImageError, decode_compressed, decode_image
     from ovseg_ros.models import build_model
     from ovseg_ros.rendering import Renderer
@@ -70,6 +70,9 @@ WITHOUT_CV2 = textwrap.dedent(f"""
     result["compressed_frame_error"] = error_of(lambda: pipeline.prepare(CompressedImageData("jpeg", b"not empty")))
     # On the CPU the pipeline's renderer takes the cv2 path (on CUDA, the torch one).
     result["cpu_infer_error"] = error_of(lambda: pipeline.infer(prepared, 0.0))
+    torch_rendering = FramePipeline(segmenter, vocabularies, TemporalSmoother("ema"), torch_rendering=True)
+    outputs = torch_rendering.process(raw, 0.0, OutputRequest(color=True, overlay=True, confidence=True))
+    result["whole_frame"] = [list(outputs.labels.shape), list(outputs.color.shape), float(outputs.pixel_fractions.sum())]
     print(json.dumps(result))
 """)
 
@@ -85,6 +88,11 @@ def test_the_engine_imports_and_decodes_rgb8_without_cv2(without_cv2):
     assert without_cv2["cv2_blocked"]
     assert without_cv2["rgb8_decoded"]
     assert without_cv2["model_input_shape"] == [1, 3, 64, round(64 * WIDTH / HEIGHT)]
+
+
+def test_a_whole_frame_with_torch_rendering_needs_no_cv2(without_cv2):
+    labels_shape, color_shape, fractions = without_cv2["whole_frame"]
+    assert labels_shape == [HEIGHT, WIDTH] and color_shape == [HEIGHT, WIDTH, 3] and abs(fractions - 1.0) < 1e-5
 
 
 def test_paths_that_need_cv2_say_so(without_cv2):
