@@ -29,6 +29,11 @@ def image_data(msg: Image | CompressedImage) -> ImageData:
     """The pipeline's view of an image message (raw data is not copied)."""
     if isinstance(msg, CompressedImage):
         return CompressedImageData(msg.format, msg.data.tobytes() if hasattr(msg.data, "tobytes") else bytes(msg.data))
+    return raw_image_data(msg)
+
+
+def raw_image_data(msg: Image) -> RawImageData:
+    """The fields of a ``sensor_msgs/Image`` (a camera frame or a depth image), data not copied."""
     return RawImageData(msg.encoding, msg.height, msg.width, msg.step, memoryview(msg.data), bool(msg.is_bigendian))
 
 
@@ -44,9 +49,9 @@ def image_msg(header, pixels: np.ndarray) -> Image:
 
 
 def info_msg(header, outputs: FrameOutputs, model: str) -> SegmentationInfo:
-    """``segmentation/info`` of a frame: classes, fractions, CER's K and the frame path's stage
-    times. ``queue_ms`` and ``end_to_end_ms`` stay 0 and ``postprocess_ms`` excludes publishing:
-    only the node knows them."""
+    """``segmentation/info`` of a frame: classes, fractions, the per-class 3D summary (with
+    depth), CER's K and the frame path's stage times. ``queue_ms`` and ``end_to_end_ms`` stay 0
+    and ``postprocess_ms`` excludes publishing: only the node knows them."""
     timings = outputs.timings_ms
     info = SegmentationInfo()
     info.header = header
@@ -54,6 +59,12 @@ def info_msg(header, outputs: FrameOutputs, model: str) -> SegmentationInfo:
     info.class_names = list(outputs.vocabulary.names)
     info.pixel_fractions = outputs.pixel_fractions.tolist()
     info.present_class_ids = outputs.present_class_ids.tolist()
+    if outputs.class_points is not None:  # parallel to present_class_ids
+        summary = outputs.class_points
+        info.class_point_counts = summary.point_counts.tolist()
+        info.class_centroids = summary.centroids.ravel().tolist()
+        info.class_extent_min = summary.extent_min.ravel().tolist()
+        info.class_extent_max = summary.extent_max.ravel().tolist()
     info.model = model
     info.cer_topk = outputs.cer_topk
     info.preprocess_ms = timings["decode"] + timings["preprocess"]
