@@ -21,6 +21,7 @@ from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.tools import label_bag
 from ovseg_ros.tools.harness import Peer
+from ovseg_ros.vocabulary import VocabularyManager
 
 from node_settings import TEST_MODEL, answer_timeout, matched_image_publisher, start_node, wait_until_serving
 
@@ -219,3 +220,18 @@ def test_offline_outputs_equal_the_nodes_for_the_same_frames(tmp_path):
         assert list(info.pixel_fractions) == list(live_info.pixel_fractions)
     unlabeled = [np.mean(np.frombuffer(bytes(label.data), np.uint8) == 255) for label in offline_labels]
     assert all(0.05 < share < 0.95 for share in unlabeled) and len(set(unlabeled)) == len(frames), f"labels depend on the scores: {unlabeled}"
+
+
+def test_progress_bar_and_another_storage(tmp_path, capsys):
+    """The function API: tqdm's bar (frames/s) when asked, OUT in sqlite3 from an mcap IN."""
+    written = write_bag(tmp_path / "in", [(RAW_TOPIC, "sensor_msgs/msg/Image", raw_frame(index)) for index in range(3)])
+    segmenter, _ = label_bag.build_segmenter(TEST_MODEL, "", "cpu", "fp32", 120, 8, 1)
+    vocabularies = VocabularyManager(segmenter.encode_text)
+    vocabularies.install(vocabularies.encode(VOCABULARY))
+    summary = label_bag.label_bag(tmp_path / "in", tmp_path / "out", segmenter, vocabularies, TEST_MODEL, storage="sqlite3", progress=True)
+    assert (summary.frames_total, summary.frames_labeled, summary.skipped, summary.messages_copied) == (3, 3, [], 3)
+    assert summary.frames_per_s > 0
+    bar = capsys.readouterr().err
+    assert "labeling" in bar and "3/3" in bar and "frame/s" in bar
+    assert label_bag.storage_of(tmp_path / "out") == "sqlite3" and list((tmp_path / "out").glob("*.db3"))
+    assert read_bag(tmp_path / "out")[RAW_TOPIC] == [(stamp, data) for _, stamp, data in written]
