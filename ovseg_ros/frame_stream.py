@@ -5,7 +5,8 @@
     result = stream.next_result(timeout=0.5)                     # in the publishing thread
 
 The pipeline's three stages run on three threads: ``ovseg-prepare`` decodes and uploads
-frame N+1 while ``ovseg-inference`` runs the model on frame N, and whoever calls
+frame N+1 while ``ovseg-inference`` runs the model on frame N (one frame ahead, no more:
+it takes the newest frame once the model has taken the one it prepared), and whoever calls
 :meth:`FrameStream.next_result` (the node's publishing thread) waits for the download of
 frame N-1 and publishes it meanwhile. Throughput is the slowest stage's, not the sum.
 
@@ -151,6 +152,10 @@ class FrameStream:
 
     def _prepare_loop(self) -> None:
         while not self._stop.is_set():
+            # One frame ahead of the model, no more: a frame prepared while another waits for
+            # the model would be replaced unused, and its decode would take CPU from the model.
+            if not self._prepared.wait_until_empty(timeout=POLL_S):
+                continue
             ticket = self._incoming.take(timeout=POLL_S)
             if ticket is None:
                 continue

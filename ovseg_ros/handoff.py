@@ -41,12 +41,20 @@ class LatestFrameSlot(Generic[Frame]):
         with self._condition:
             self._condition.wait_for(lambda: self._frame is not None or self._closed, timeout)
             frame, self._frame = self._frame, None
+            self._condition.notify_all()  # whoever waits until it is empty
             return frame
+
+    def wait_until_empty(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` s until the waiting frame is taken (or discarded, or the slot
+        closed); True if the slot is empty."""
+        with self._condition:
+            return self._condition.wait_for(lambda: self._frame is None or self._closed, timeout) and self._frame is None
 
     def discard(self) -> bool:
         """Drop the waiting frame, if any (it was never taken); True if there was one."""
         with self._condition:
             frame, self._frame = self._frame, None
+            self._condition.notify_all()
             return frame is not None
 
     def close(self) -> bool:
