@@ -42,7 +42,6 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -60,11 +59,12 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from vision_msgs.msg import LabelInfo, VisionClass
 
-from ovseg_ros.frame_pipeline import CompressedImageData, DepthData, FrameOutputs, FramePipeline, OutputRequest, RawImageData
+from ovseg_ros.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest
 from ovseg_ros.frame_stream import INFERENCE_THREAD_NAME, FrameStream, FrameTicket, StreamResult
 from ovseg_ros.handoff import REFUSED, FrameStats, SerialWorker
-from ovseg_ros.image_codec import ImageError, encode_image, message_bytes
+from ovseg_ros.image_codec import ImageError
 from ovseg_ros.latency_budget import CerBudget
+from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg, raw_image_data
 from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import CheckpointError, file_digest
 from ovseg_ros.msg import ClassMap, SegmentationInfo
@@ -441,16 +441,13 @@ class OvsegNode(LifecycleNode):
         if not self._active or stream is None or classes is None:
             self._stats.frame_ignored()
             return
-        if isinstance(msg, CompressedImage):
-            image = CompressedImageData(msg.format, msg.data.tobytes() if hasattr(msg.data, "tobytes") else bytes(msg.data))
-        else:
-            image = _raw_image_data(msg)
+        image = image_data(msg)
         depth_data = None
         if depth is not None:
             # A camera_info without a size describes the colour image (raw) or, registered, the depth image's grid.
             width, height = (depth.width, depth.height) if isinstance(msg, CompressedImage) else (msg.width, msg.height)
             try:
-                depth_data = DepthData(_raw_image_data(depth), intrinsics_from_camera_info(camera_info, width, height))
+                depth_data = DepthData(raw_image_data(depth), intrinsics_from_camera_info(camera_info, width, height))
             except ImageError as exc:
                 self._frame_failed(f"bad camera_info: {exc}")
                 return
@@ -631,14 +628,7 @@ class OvsegNode(LifecycleNode):
         return publisher
 
     def _publish_class_map(self) -> None:
-        classes = self._classes
-        msg = ClassMap()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.vocabulary_version = classes.vocabulary.version
-        msg.class_names = list(classes.vocabulary.names)
-        msg.mask_topics = [f"segmentation/masks/{topic}" for topic in classes.mask_topics]
-        msg.unlabeled_id = classes.vocabulary.unlabeled_id
-        self._class_map_pub.publish(msg)
+        self._class_map_pub.publish(class_map_msg(self._classes.vocabulary, self.get_clock().now().to_msg()))
         self._publish_label_info()
 
     def _publish_label_info(self) -> None:
@@ -688,15 +678,15 @@ class OvsegNode(LifecycleNode):
     def _publish_images(self, tag: FrameTag, outputs: FrameOutputs) -> None:
         """Label always; the other images as computed (they were requested: enabled and subscribed)."""
         header = tag.header
-        self._label_pub.publish(_image_msg(header, outputs.labels))
+        self._label_pub.publish(image_msg(header, outputs.labels))
         for publisher, pixels in ((self._color_pub, outputs.color), (self._overlay_pub, outputs.overlay), (self._confidence_pub, outputs.confidence)):
             if pixels is not None:
-                publisher.publish(_image_msg(header, pixels))
+                publisher.publish(image_msg(header, pixels))
         # The caller holds _output_lock, so the mask publishers cannot be swapped out meanwhile.
         classes = self._classes
         if outputs.masks and classes is not None and classes.vocabulary.version == outputs.vocabulary.version:
             for class_id, mask in outputs.masks.items():
-                classes.mask_publishers[classes.mask_topics[class_id]].publish(_image_msg(header, mask))
+                classes.mask_publishers[classes.mask_topics[class_id]].publish(image_msg(header, mask))
         if tag.camera_info is not None:
             tag.camera_info.header = header  # the paired one: same stamp within the slop
             self._camera_info_pub.publish(tag.camera_info)
@@ -704,25 +694,10 @@ class OvsegNode(LifecycleNode):
             self._points_pub.publish(point_cloud_msg(header, outputs.points))
 
     def _info_msg(self, header, outputs: FrameOutputs, queue_ms: float, publish_ms: float) -> SegmentationInfo:
-        timings = outputs.timings_ms
-        info = SegmentationInfo()
-        info.header = header
-        info.vocabulary_version = outputs.vocabulary.version
-        info.class_names = list(outputs.vocabulary.names)
-        info.pixel_fractions = outputs.pixel_fractions.tolist()
-        info.present_class_ids = outputs.present_class_ids.tolist()
-        if outputs.class_points is not None:
-            summary = outputs.class_points
-            info.class_point_counts = summary.point_counts.tolist()
-            info.class_centroids = summary.centroids.ravel().tolist()
-            info.class_extent_min = summary.extent_min.ravel().tolist()
-            info.class_extent_max = summary.extent_max.ravel().tolist()
-        info.model = self._param("model")
-        info.cer_topk = outputs.cer_topk
+        """The frame's info as offline labeling writes it (messages.info_msg), with the node's own times."""
+        info = info_msg(header, outputs, self._param("model"))
         info.queue_ms = queue_ms
-        info.preprocess_ms = timings["decode"] + timings["preprocess"]
-        info.model_ms = timings["model"]
-        info.postprocess_ms = timings["postprocess"] + timings["download"] + publish_ms
+        info.postprocess_ms += publish_ms
         stamp = rclpy.time.Time.from_msg(header.stamp, clock_type=self.get_clock().clock_type)
         info.end_to_end_ms = (self.get_clock().now() - stamp).nanoseconds / 1e6
         return info
@@ -789,20 +764,6 @@ def _frame_error_message(error: Exception) -> str:
 
 def _stamp_ns(msg) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-
-def _raw_image_data(msg: Image) -> RawImageData:
-    return RawImageData(msg.encoding, msg.height, msg.width, msg.step, memoryview(msg.data), bool(msg.is_bigendian))
-
-
-def _image_msg(header, pixels: np.ndarray) -> Image:
-    encoding, step, data = encode_image(pixels)
-    msg = Image()
-    msg.header = header
-    msg.height, msg.width = pixels.shape[:2]
-    msg.encoding, msg.step, msg.is_bigendian = encoding, step, 0
-    msg.data = message_bytes(data)
-    return msg
 
 
 def main(args: list[str] | None = None) -> int:

@@ -45,3 +45,7 @@ def test_demo_replays_a_bag_through_the_node_and_records_its_outputs(tmp_path, c
     assert all(i.header.frame_id == "camera_optical_frame" and i.model == TEST_MODEL for i in infos)
     assert f"frames out {len(infos)}" in summary
     assert list(out.glob("overlay_*.png"))
+    # Then every frame, offline: not only those the node kept up with.
+    assert f"offline: 6/6 frames labeled into {out / 'labeled_bag'}" in summary
+    with Reader(out / "labeled_bag") as reader:
+        assert sum(c.msgcount for c in reader.connections if c.topic.endswith("/segmentation/label")) == 6

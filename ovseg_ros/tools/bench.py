@@ -194,7 +194,7 @@ def bench_model(args: argparse.Namespace) -> int:
         if args.encode_text:
             vocabulary = pipeline.vocabularies.install(pipeline.vocabularies.encode(names))
         else:
-            vocabulary = random_vocabulary(segmenter, names, args.distinct)
+            vocabulary = pipeline.vocabularies.install(random_vocabulary(segmenter, names, args.distinct))
         for topk in args.cer:
             if topk and not Segmenter.model_has_cer(segmenter.model):
                 continue
