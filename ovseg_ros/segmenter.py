@@ -148,8 +148,8 @@ class Segmenter:
 
         ``cer_topk``: CER's K for this frame, at most the configured one (None: the configured one).
         """
-        if self.cer_topk is not None:
-            self.model.cer_topk = self.cer_topk if cer_topk is None else min(cer_topk, self.cer_topk)
+        if self.model_has_cer(self.model):  # also when off: the model keeps what it was last given
+            self.model.cer_topk = None if self.cer_topk is None else min(cer_topk or self.cer_topk, self.cer_topk)
         if self.compile_mode is not None:
             # A new frame: CUDA graph outputs of the previous one may be overwritten (a no-op without CUDA graphs).
             torch.compiler.cudagraph_mark_step_begin()

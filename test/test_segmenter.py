@@ -139,3 +139,14 @@ def test_channels_last_gives_the_same_scores():
         text = segmenter.encode_text(["wall", "floor"]) if text is None else text
         results.append(scores_of(segmenter, RGB, text))
     assert torch.allclose(results[0], results[1], atol=1e-4)
+
+
+def test_cer_switched_off_after_a_frame_with_it_runs_every_class():
+    segmenter = Segmenter(build_model("sed_tiny_dev"), cer_topk=8)
+    image = segmenter.preprocess(torch.from_numpy(RGB))
+    text = segmenter.encode_text([f"class {i}" for i in range(30)])
+    segmenter.scores(image, text, cer_topk=1)
+    assert segmenter.model.cer_topk == 1
+    segmenter.cer_topk = None
+    segmenter.scores(image, text)
+    assert segmenter.model.cer_topk is None
