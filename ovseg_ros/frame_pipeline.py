@@ -22,7 +22,9 @@ A frame walks down through the stages, each called from here and in this order:
    points, whose number it has just read); stage times from CUDA events.
 
 :meth:`FramePipeline.process` runs the three in series; :class:`~ovseg_ros.frame_stream.FrameStream`
-runs them overlapped, on threads of their own. Both are the same frame path. On the CPU the
+runs them overlapped, on threads of their own. Both are the same frame path.
+:meth:`FramePipeline.infer_batch` (and :meth:`~FramePipeline.process_batch`) labels several
+frames of one size with one pass of the model, for offline labeling (SAN; SED goes frame by frame). On the CPU the
 same code runs with tensors that share memory with numpy arrays, no copies, and the
 renderer's cv2 paths.
 """
@@ -38,6 +40,7 @@ import torch
 from .image_codec import decode_compressed, decode_image
 from .latency_budget import CerBudget
 from .models.base import stage
+from .models.scores import ClassScores
 from .points import ClassPoints, PinholeIntrinsics, back_project, class_summary, decode_depth, points_of
 from .rendering import Renderer
 from .segmenter import Segmenter
@@ -385,6 +388,57 @@ class FramePipeline:
         """The three stages in series: one frame in, its outputs out."""
         return self.finish(self.infer(self.prepare(image, depth), stamp_s, request, vocabulary))
 
+    @torch.inference_mode()
+    def infer_batch(
+        self, prepared: list[PreparedFrame], stamps_s: list[float], request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None
+    ) -> list[InferredFrame]:
+        """:meth:`infer` of each frame, in order, with one pass of the model for all of them
+        where the model batches (:attr:`Segmenter.batches`: SAN) — for offline labeling.
+
+        The outputs equal :meth:`infer`'s of each frame in turn (labels identical). Frames go
+        through one at a time, in order, where a batch could not give that: a model without
+        batches (SED), temporal smoothing on (each frame blends the one before it) or a CER
+        latency budget (it adapts K per frame). In a batch each frame's ``model`` time is the
+        whole batch's pass.
+
+        Raises ValueError unless every frame has the same model input size (one camera's
+        frames) and a stamp per frame.
+        """
+        if len(stamps_s) != len(prepared):
+            raise ValueError(f"{len(prepared)} frames but {len(stamps_s)} stamps")
+        sizes = sorted({tuple(frame.model_input.shape[-2:]) for frame in prepared})
+        if len(sizes) > 1:
+            raise ValueError(f"a batch needs frames of one model input size, got {sizes}")
+        vocabulary = vocabulary or self.vocabularies.current
+        if vocabulary is None:
+            raise PipelineError("no vocabulary is installed")
+        if len(prepared) < 2 or not self.segmenter.batches or self.smoother.mode != "none" or self.cer_budget is not None:
+            return [self.infer(frame, stamp_s, request, vocabulary) for frame, stamp_s in zip(prepared, stamps_s)]
+        if not self._cuda:
+            return self._infer_batch_on_device(prepared, vocabulary, stamps_s, request)
+        with torch.cuda.stream(self._compute_stream):
+            for frame in prepared:
+                self._compute_stream.wait_event(frame.ready)
+                frame.image.record_stream(self._compute_stream)
+                frame.model_input.record_stream(self._compute_stream)
+                if frame.depth is not None:
+                    frame.depth.record_stream(self._compute_stream)
+            inferred = self._infer_batch_on_device(prepared, vocabulary, stamps_s, request)
+            done = torch.cuda.Event()
+            done.record(self._compute_stream)
+        for frame in inferred:
+            frame.done = done
+        return inferred
+
+    def process_batch(
+        self, images: list[ImageData], stamps_s: list[float], request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None
+    ) -> list[FrameOutputs]:
+        """:meth:`process` of each image, with one pass of the model (see :meth:`infer_batch`).
+        Raises :class:`ImageError` if any image cannot be decoded (callers that skip bad
+        frames alone prepare each one themselves, as ``label_bag`` does)."""
+        prepared = [self.prepare(image) for image in images]
+        return [self.finish(inferred) for inferred in self.infer_batch(prepared, stamps_s, request, vocabulary)]
+
     def warm_up(self, vocabulary: Vocabulary, height: int = 480, width: int = 640) -> float:
         """One black frame through every stage (allocator, kernel selection); wall ms."""
         start = time.perf_counter()
@@ -407,6 +461,28 @@ class FramePipeline:
         cer_topk = self.cer_budget.topk if self.cer_budget is not None else self.segmenter.cer_topk
         scores = self.segmenter.scores(prepared.model_input, vocabulary.text_features, cer_topk)
         prepared.clock.mark("model")
+        return self._label_on_device(prepared, scores, vocabulary, stamp_s, request, slot, cer_topk)
+
+    def _infer_batch_on_device(self, prepared: list[PreparedFrame], vocabulary: Vocabulary, stamps_s: list[float], request: OutputRequest) -> list[InferredFrame]:
+        first_slot = self._frames_inferred
+        self._frames_inferred += len(prepared)
+        if self._cuda:  # every frame of the batch has its outputs alive until it is finished
+            self._downloads.size = max(self._downloads.size, len(prepared) + OUTPUT_RING - 1)
+        for frame in prepared:
+            frame.clock.mark("wait")  # since its preprocessing: the frames prepared after it
+        images = torch.cat([frame.model_input for frame in prepared]).contiguous(memory_format=self.segmenter.memory_format)
+        batch_scores = self.segmenter.scores_batch(images, vocabulary.text_features)
+        for frame in prepared:
+            frame.clock.mark("model")  # the whole batch's pass, for each frame
+        inferred = []
+        for index, (frame, scores, stamp_s) in enumerate(zip(prepared, batch_scores, stamps_s)):
+            frame.clock.mark("wait")  # the frames before it in the batch being postprocessed
+            inferred.append(self._label_on_device(frame, scores, vocabulary, stamp_s, request, first_slot + index, None))
+        return inferred
+
+    def _label_on_device(
+        self, prepared: PreparedFrame, scores: ClassScores, vocabulary: Vocabulary, stamp_s: float, request: OutputRequest, slot: int, cer_topk: int | None
+    ) -> InferredFrame:
         smoothing_reset = None
         if self.smoother.mode != "none":
             with stage("smoothing"):

@@ -110,6 +110,12 @@ class Segmenter:
     def model_has_cer(model: OpenVocabModel) -> bool:
         return hasattr(model, "cer_topk")
 
+    @property
+    def batches(self) -> bool:
+        """Whether the model labels several images in one pass (:meth:`scores_batch`): SAN does;
+        SED does not (its cost volume and CER use the class axis as the batch axis)."""
+        return hasattr(self.model, "forward_batch")
+
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
@@ -155,6 +161,20 @@ class Segmenter:
             torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():
             return self.model(image, text_features)
+
+    @torch.inference_mode()
+    def scores_batch(self, images: torch.Tensor, text_features: torch.Tensor) -> list[ClassScores]:
+        """Class scores of each of B preprocessed images (B, 3, H', W') of one size, from one
+        pass of the model; each equals :meth:`scores` of that image alone (up to float rounding).
+
+        Raises ValueError for a model without batches (:attr:`batches`).
+        """
+        if not self.batches:
+            raise ValueError(f"{self.model.variant} labels one image at a time (no forward_batch)")
+        if self.compile_mode is not None:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self._autocast():
+            return self.model.forward_batch(images, text_features)
 
 
 def compile_targets(model: OpenVocabModel) -> list[nn.Module]:

@@ -2,7 +2,9 @@
 
     python -m ovseg_ros.tools.label_bag IN OUT [--model NAME] [--weights PATH] [--device DEV]
         [--vocabulary CLASS [CLASS ...] | --vocabulary-file FILE] [--topics TOPIC [TOPIC ...]]
-        [--outputs label,info,class_map,color,overlay,confidence] [--storage mcap|sqlite3] [--overwrite]
+        [--outputs label,info,class_map,color,overlay,confidence,points] [--depth-topic [IMAGE_TOPIC=]TOPIC]
+        [--camera-info-topic [IMAGE_TOPIC=]TOPIC] [--depth-slop-s S] [--points-stride N] [--points-min-score S]
+        [--batch N] [--storage mcap|sqlite3] [--overwrite]
 
 Reads IN (rosbag2, mcap or sqlite3) and writes OUT (the same storage unless ``--storage``):
 every message of IN copied through unchanged (same bytes, bag timestamps, QoS), and for
@@ -10,19 +12,31 @@ every frame on the chosen image topics (``sensor_msgs/Image`` and ``CompressedIm
 default: all of them) the messages the node would publish, under the camera's namespace
 (``/cam/image_raw`` -> ``/cam/segmentation/label``), with the frame's header and bag
 timestamp. No frame is dropped and nothing waits for a clock: frames go through the node's
-:class:`~ovseg_ros.frame_pipeline.FramePipeline` one after the other, as fast as the model
-goes, and their messages are built by :mod:`ovseg_ros.messages`, as the node's are.
+:class:`~ovseg_ros.frame_pipeline.FramePipeline` as fast as the model goes, and their
+messages are built by :mod:`ovseg_ros.messages`, as the node's are.
 
 Outputs (``--outputs``; default label, info, class_map):
     label       <ns>/segmentation/label        sensor_msgs/Image mono8 (255 = unlabeled) or mono16
     info        <ns>/segmentation/info         ovseg_ros/SegmentationInfo (queue_ms, end_to_end_ms: 0)
     class_map   <ns>/segmentation/label_info   ovseg_ros/ClassMap, transient local: once per camera
     color, overlay, confidence                 <ns>/segmentation/<name>, sensor_msgs/Image
+    points      <ns>/segmentation/points       sensor_msgs/PointCloud2 (x, y, z, rgb, score, label), with depth
 
-Frames are labeled one at a time: :class:`FramePipeline` has no batch API. Each camera has
-a temporal smoother of its own (``--smoothing``, as the node's parameter). A frame that
-cannot be decoded (bad encoding, size or compressed data) is logged, skipped and counted;
-its message is still copied. OUT must not exist (``--overwrite`` replaces an existing bag);
+``points`` pairs each frame with the depth image (``--depth-topic``, registered to the
+colour camera, 16UC1 mm or 32FC1 m) and the camera_info (``--camera-info-topic``) nearest
+its stamp, each less than ``--depth-slop-s`` apart (as the node's ``use_depth``); info then
+carries the per-class 3D summary. A frame without both (or with a bad one) is labeled
+without a cloud and counted ("N frames without depth"). In a batch each frame is
+back-projected with its own depth.
+
+``--batch N`` labels up to N consecutive frames of one camera of one size with one pass of
+the model (:meth:`FramePipeline.infer_batch`; default: 8 on CUDA for a model that batches,
+SAN, with smoothing none; 1 otherwise). The outputs are the same as frame by frame, written
+in the input's order with the frames' stamps; with smoothing on, or SED, a batch's frames go
+through one at a time, in order. Each camera has a temporal smoother of its own
+(``--smoothing``, as the node's parameter). A frame that cannot be decoded (bad encoding,
+size or compressed data) is logged, skipped and counted, alone (the rest of its batch is
+labeled); its message is still copied. OUT must not exist (``--overwrite`` replaces an existing bag);
 the bag is written beside it first and moved into place once complete.
 """
 
@@ -32,24 +46,29 @@ import argparse
 import shutil
 import sys
 import time
+from collections import deque
+from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.interfaces import Connection, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tqdm import tqdm
 
 from ovseg_ros.bag import typestore
-from ovseg_ros.frame_pipeline import FrameOutputs, FramePipeline, OutputRequest
+from ovseg_ros.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest, PreparedFrame
 from ovseg_ros.image_codec import ImageError
-from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg
+from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg, raw_image_data
 from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import file_digest
 from ovseg_ros.parameters import PARAMETERS_BY_NAME
+from ovseg_ros.point_cloud import intrinsics_from_camera_info, point_cloud_msg
 from ovseg_ros.segmenter import Segmenter
 from ovseg_ros.smoothing import TemporalSmoother
 from ovseg_ros.tools.harness import package_share
@@ -64,10 +83,13 @@ OUTPUTS = {
     "color": ("segmentation/color", "sensor_msgs/msg/Image"),
     "overlay": ("segmentation/overlay", "sensor_msgs/msg/Image"),
     "confidence": ("segmentation/confidence", "sensor_msgs/msg/Image"),
+    "points": ("segmentation/points", "sensor_msgs/msg/PointCloud2"),
 }
 DEFAULT_OUTPUTS = ("label", "info", "class_map")
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 EXIT_OUT_EXISTS = 2
+#: ``--batch`` on CUDA for a model that batches (SAN) with smoothing none.
+DEFAULT_CUDA_BATCH = 8
 _NO_TIME = QosTime(sec=0, nsec=0)
 #: The node's class map QoS (reliable, transient local, depth 1), recorded so that
 #: ``ros2 bag play`` latches it as the node does.
@@ -78,17 +100,78 @@ class LabelBagError(RuntimeError):
     """A bag that cannot be labeled as asked (no image topic, clashing cameras, unknown type)."""
 
 
+class HeldWrites:
+    """Messages for OUT at one place in IN's order (``write`` as a rosbags ``Writer``'s),
+    until :meth:`OrderedWriter.release` sends them."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[Connection, int, bytes]] = []
+        self.released = False
+
+    def write(self, connection: Connection, timestamp: int, data: bytes) -> None:
+        self.messages.append((connection, timestamp, data))
+
+
+class OrderedWriter:
+    """Writes OUT in IN's order while frames wait for their batch: a frame's outputs hold
+    their place (:meth:`hold`), and every message after them waits until they are released."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._queue: deque[HeldWrites] = deque()
+
+    def copy(self, connection: Connection, timestamp: int, data: bytes) -> None:
+        """A message that is ready now (a copied input message)."""
+        if not self._queue:
+            self._writer.write(connection, timestamp, data)
+            return
+        ready = self.hold()
+        ready.write(connection, timestamp, data)
+        self.release(ready)
+
+    def hold(self) -> HeldWrites:
+        """The place of messages that are not ready yet."""
+        held = HeldWrites()
+        self._queue.append(held)
+        return held
+
+    def release(self, held: HeldWrites) -> None:
+        """``held``'s messages are complete: write what is ready from the front of the queue."""
+        held.released = True
+        while self._queue and self._queue[0].released:
+            for message in self._queue.popleft().messages:
+                self._writer.write(*message)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+
+@dataclass
+class PendingFrame:
+    """A decoded frame waiting for its batch."""
+
+    header: object  # std_msgs/Header of the input message
+    timestamp: int  # bag time
+    stamp_s: float
+    prepared: PreparedFrame
+    place: HeldWrites | None = None  # where its outputs go in OUT, once held
+
+
 @dataclass
 class Camera:
-    """One labeled image topic: its pipeline (own smoother) and output connections."""
+    """One labeled image topic: its pipeline (own smoother), output connections and the
+    frames of its next batch."""
 
     topic: str
     namespace: str  # "/cam" for /cam/image_raw; "" for a top-level topic
     pipeline: FramePipeline
     outputs: dict[str, Connection] = field(default_factory=dict)  # output name -> connection in OUT
     class_map_version: int = 0  # vocabulary version of the last class map written
+    batch: list[PendingFrame] = field(default_factory=list)  # consecutive frames of one model input size
+    partners: DepthPartners | None = None  # with points: its depth images and camera_infos
 
-    def write(self, writer: Writer, timestamp: int, header, outputs: FrameOutputs, model: str) -> None:
+    def write(self, writer: Writer | HeldWrites, timestamp: int, header, outputs: FrameOutputs, model: str) -> None:
         """The node's messages for one frame, at the frame's bag ``timestamp``."""
         connections = self.outputs
         if "class_map" in connections and self.class_map_version != outputs.vocabulary.version:
@@ -99,6 +182,8 @@ class Camera:
         for name in ("color", "overlay", "confidence"):
             if name in connections:
                 writer.write(connections[name], timestamp, serialize_message(image_msg(header, getattr(outputs, name))))
+        if "points" in connections and outputs.points is not None:  # a frame without depth has none
+            writer.write(connections["points"], timestamp, serialize_message(point_cloud_msg(header, outputs.points)))
         if "info" in connections:
             writer.write(connections["info"], timestamp, serialize_message(info_msg(header, outputs, model)))
 
@@ -110,6 +195,7 @@ class LabelingSummary:
     frames_total: int = 0
     frames_labeled: int = 0
     skipped: list[str] = field(default_factory=list)  # one line per skipped frame: topic, stamp, why
+    without_depth: list[str] = field(default_factory=list)  # with points: one line per frame labeled without a cloud
     messages_copied: int = 0
     seconds: float = 0.0
 
@@ -125,12 +211,14 @@ def camera_namespace(topic: str, msgtype: str) -> str:
     return topic.rsplit("/", 1)[0]
 
 
-def choose_image_topics(connections: list[Connection], topics: list[str] | None) -> dict[str, str]:
+def choose_image_topics(connections: list[Connection], topics: list[str] | None, depth_topics: Iterable[str] = ()) -> dict[str, str]:
     """Topic -> message type of the image topics to label.
 
     ``topics`` given: exactly those (each must be an image topic of the bag). Otherwise
-    every image topic, except that a camera recorded both raw and compressed is labeled
-    from its raw topic (same frames). Two topics whose outputs would share a namespace are refused.
+    every image topic but depth images (``depth_topics``, and another camera's depth topic
+    by :func:`depth_topic_candidates`), except that a camera recorded both raw and compressed
+    is labeled from its raw topic (same frames). Two topics whose outputs would share a
+    namespace are refused.
     """
     images = {c.topic: c.msgtype for c in connections if c.msgtype in IMAGE_TYPES}
     if topics:
@@ -139,7 +227,14 @@ def choose_image_topics(connections: list[Connection], topics: list[str] | None)
             raise LabelBagError(f"not image topics of the bag: {', '.join(unknown)} (image topics: {', '.join(sorted(images)) or 'none'})")
         chosen = {topic: images[topic] for topic in topics}
     else:
-        chosen = {topic: msgtype for topic, msgtype in images.items() if not (topic.endswith("/compressed") and topic[: -len("/compressed")] in images)}
+        not_cameras = set(depth_topics) | {
+            candidate for topic, msgtype in images.items() for candidate in depth_topic_candidates(camera_namespace(topic, msgtype)) if candidate != topic
+        }
+        chosen = {
+            topic: msgtype
+            for topic, msgtype in images.items()
+            if topic not in not_cameras and not (topic.endswith("/compressed") and topic[: -len("/compressed")] in images)
+        }
     if not chosen:
         raise LabelBagError("the bag has no sensor_msgs/Image or CompressedImage topic")
     by_namespace: dict[str, str] = {}
@@ -151,6 +246,132 @@ def choose_image_topics(connections: list[Connection], topics: list[str] | None)
             )
         by_namespace[namespace] = topic
     return chosen
+
+
+def depth_topic_candidates(namespace: str) -> tuple[str, str]:
+    """Where a camera's registered depth image is recorded by convention: ``<ns>/depth`` (the
+    node's topic) and, for RealSense's ``/camera/color``, ``/camera/aligned_depth_to_color/image_raw``."""
+    return f"{namespace}/depth", f"{namespace.rsplit('/', 1)[0]}/aligned_depth_to_color/image_raw"
+
+
+def choose_depth_partners(
+    connections: list[Connection], chosen: dict[str, str], depth_topics: dict[str | None, str], camera_info_topics: dict[str | None, str]
+) -> dict[str, tuple[str, str]]:
+    """Image topic -> (depth topic, camera_info topic) of each camera labeled with points.
+
+    ``depth_topics`` and ``camera_info_topics`` map an image topic (None: the only camera) to
+    its partner. Default depth: the one of :func:`depth_topic_candidates` in the bag (none or
+    both: refused, it has to be named); default camera_info: ``<ns>/camera_info``.
+    """
+    types = {c.topic: c.msgtype for c in connections}
+    for option, given in (("--depth-topic", depth_topics), ("--camera-info-topic", camera_info_topics)):
+        unknown = [topic for topic in given if topic is not None and topic not in chosen]
+        if unknown:
+            raise LabelBagError(f"{option}: {', '.join(unknown)} is not a labeled image topic (labeled: {', '.join(sorted(chosen))})")
+        if None in given and len(chosen) > 1:
+            raise LabelBagError(f"{option} {given[None]}: several cameras are labeled ({', '.join(sorted(chosen))}); give IMAGE_TOPIC={given[None]}")
+    pairs = {}
+    for topic, msgtype in sorted(chosen.items()):
+        namespace = camera_namespace(topic, msgtype)
+        depth = depth_topics.get(topic, depth_topics.get(None))
+        if depth is None:
+            candidates = depth_topic_candidates(namespace)
+            found = [candidate for candidate in candidates if types.get(candidate) == "sensor_msgs/msg/Image"]
+            if len(found) != 1:
+                raise LabelBagError(
+                    f"{topic}: {'neither ' + ' nor '.join(candidates) + ' is' if not found else 'both ' + ' and '.join(candidates) + ' are'} "
+                    f"in the bag; name its depth image with --depth-topic {topic}=TOPIC"
+                )
+            depth = found[0]
+        camera_info = camera_info_topics.get(topic, camera_info_topics.get(None, f"{namespace}/camera_info"))
+        for partner, expected in ((depth, "sensor_msgs/msg/Image"), (camera_info, "sensor_msgs/msg/CameraInfo")):
+            if types.get(partner) != expected:
+                raise LabelBagError(f"{topic}: {partner} is not a {expected} topic of the bag ({types.get(partner, 'absent')})")
+        pairs[topic] = (depth, camera_info)
+    return pairs
+
+
+def _stamp_ns(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def _nearest(stamps: np.ndarray, stamp_ns: int, slop_ns: int) -> int | None:
+    """Index of the stamp of ``stamps`` (ascending) nearest ``stamp_ns``, if less than
+    ``slop_ns`` from it (0: equal only), as the node's sync slop; None otherwise."""
+    right = int(np.searchsorted(stamps, stamp_ns))
+    near = [index for index in (right - 1, right) if 0 <= index < len(stamps)]
+    if not near:
+        return None
+    best = min(near, key=lambda index: abs(int(stamps[index]) - stamp_ns))
+    gap = abs(int(stamps[best]) - stamp_ns)
+    return best if gap == 0 or gap < slop_ns else None
+
+
+@dataclass
+class DepthPartners:
+    """A camera's depth images and camera_infos, found by header stamp. The whole bag is known
+    offline, so each frame pairs with the depth image and the camera_info nearest its stamp
+    (each within the slop) instead of what a synchronizer has seen; the depth images stay in
+    the bag (read by bag time when their frame comes), the camera_infos in memory."""
+
+    depth_topic: str
+    camera_info_topic: str
+    slop_ns: int
+    depth_stamps: np.ndarray  # (D,) int64 header stamps, ns, ascending
+    depth_times: np.ndarray  # (D,) int64 bag times of those depth images
+    info_stamps: np.ndarray  # (C,) int64 header stamps, ns, ascending
+    infos: list[CameraInfo]  # (C,) parallel to info_stamps
+    reader: Reader  # a reader of IN of its own: the main one is streaming
+    depth_connection: Connection  # of ``reader``
+
+    def depth_for(self, msg: Image | CompressedImage) -> DepthData | str:
+        """The frame's depth image and colour intrinsics; why it has none."""
+        stamp = _stamp_ns(msg.header)
+        depth_index, info_index = _nearest(self.depth_stamps, stamp, self.slop_ns), _nearest(self.info_stamps, stamp, self.slop_ns)
+        missing = [topic for topic, index in ((self.depth_topic, depth_index), (self.camera_info_topic, info_index)) if index is None]
+        if missing:
+            return f"no {' and no '.join(missing)} within the slop of its stamp"
+        bag_time, depth_stamp = int(self.depth_times[depth_index]), int(self.depth_stamps[depth_index])
+        depths = (deserialize_message(bytes(data), Image) for _, _, data in self.reader.messages([self.depth_connection], start=bag_time, stop=bag_time + 1))
+        depth = next(depth for depth in depths if _stamp_ns(depth.header) == depth_stamp)
+        # As the node: a camera_info without a size describes the colour image (raw) or, registered, the depth image's grid.
+        width, height = (depth.width, depth.height) if isinstance(msg, CompressedImage) else (msg.width, msg.height)
+        try:
+            return DepthData(raw_image_data(depth), intrinsics_from_camera_info(self.infos[info_index], width, height))
+        except ImageError as exc:
+            return f"bad camera_info: {exc}"
+
+
+def index_depth_partners(reader: Reader, partner_reader: Reader, pairs: dict[str, tuple[str, str]], slop_s: float) -> dict[str, DepthPartners]:
+    """Image topic -> its :class:`DepthPartners`, from one pass over the partner topics of
+    ``reader``; ``partner_reader`` (another reader of the bag) reads the depth images later.
+    A partner message that cannot be deserialized is left out (its frames find another, or none)."""
+    connections = {c.topic: c for c in reader.connections}
+    topics = {topic for pair in pairs.values() for topic in pair}
+    entries: dict[str, list[tuple[int, int, CameraInfo | None]]] = {topic: [] for topic in topics}  # (stamp, bag time, camera_info)
+    for connection, timestamp, data in reader.messages([connections[topic] for topic in sorted(topics)]):
+        kind = CameraInfo if connection.msgtype == "sensor_msgs/msg/CameraInfo" else Image
+        try:
+            msg = deserialize_message(bytes(data), kind)
+        except Exception:  # rclpy raises its own error types for a malformed CDR buffer
+            continue
+        entries[connection.topic].append((_stamp_ns(msg.header), timestamp, msg if kind is CameraInfo else None))
+    partner_connections = {c.topic: c for c in partner_reader.connections}
+    partners = {}
+    for image_topic, (depth_topic, info_topic) in pairs.items():
+        depths, infos = sorted(entries[depth_topic], key=lambda e: e[:2]), sorted(entries[info_topic], key=lambda e: e[:2])
+        partners[image_topic] = DepthPartners(
+            depth_topic,
+            info_topic,
+            round(slop_s * 1e9),
+            np.array([e[0] for e in depths], np.int64),
+            np.array([e[1] for e in depths], np.int64),
+            np.array([e[0] for e in infos], np.int64),
+            [e[2] for e in infos],
+            partner_reader,
+            partner_connections[depth_topic],
+        )
+    return partners
 
 
 def storage_of(bag: Path) -> str:
@@ -208,17 +429,33 @@ def label_bag(
     min_score: float = 0.0,
     overlay_alpha: float = 0.5,
     progress: bool | None = None,
+    batch: int = 1,
+    depth_topics: dict[str | None, str] | None = None,
+    camera_info_topics: dict[str | None, str] | None = None,
+    depth_slop_s: float = PARAMETERS_BY_NAME["depth_sync_slop_s"].default,
+    points_stride: int = PARAMETERS_BY_NAME["points_stride"].default,
+    points_min_score: float = PARAMETERS_BY_NAME["points_min_score"].default,
 ) -> LabelingSummary:
     """Write ``out_bag`` (which must not exist): ``in_bag`` copied, every frame of ``topics`` labeled.
 
-    Frames are labeled with the current vocabulary of ``vocabularies``; ``progress`` None
+    Frames are labeled with the current vocabulary of ``vocabularies``, up to ``batch``
+    consecutive frames of a camera at a time (see the module docstring); ``progress`` None
     shows the bar on a terminal only.
     """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, not {batch}")
     store = typestore(package_share() / "msg")
-    request = OutputRequest(color="color" in outputs, overlay="overlay" in outputs, confidence="confidence" in outputs, overlay_alpha=overlay_alpha)
+    request = OutputRequest(
+        color="color" in outputs, overlay="overlay" in outputs, confidence="confidence" in outputs, overlay_alpha=overlay_alpha,
+        points="points" in outputs, points_stride=points_stride, points_min_score=points_min_score,
+    )
     summary = LabelingSummary()
-    with Reader(in_bag) as reader:
-        chosen = choose_image_topics(reader.connections, topics)
+    with Reader(in_bag) as reader, ExitStack() as partner_bag:
+        chosen = choose_image_topics(reader.connections, topics, (depth_topics or {}).values())
+        partners: dict[str, DepthPartners] = {}
+        if "points" in outputs:  # each camera's frames pair with its depth images and camera_infos
+            pairs = choose_depth_partners(reader.connections, chosen, depth_topics or {}, camera_info_topics or {})
+            partners = index_depth_partners(reader, partner_bag.enter_context(Reader(in_bag)), pairs, depth_slop_s)
         plugin = STORAGES[storage or storage_of(in_bag)]
         with Writer(out_bag, version=9, storage_plugin=plugin) as writer:
             copies = {connection.id: copy_connection(writer, connection, store) for connection in reader.connections}
@@ -227,45 +464,78 @@ def label_bag(
                 smoother = TemporalSmoother(
                     smoothing, strength=PARAMETERS_BY_NAME["smoothing_strength"].default, max_gap_s=PARAMETERS_BY_NAME["smoothing_max_gap_s"].default
                 )
-                camera = cameras[topic] = Camera(topic, camera_namespace(topic, msgtype), FramePipeline(segmenter, vocabularies, smoother, palette, min_score))
+                camera = cameras[topic] = Camera(
+                    topic, camera_namespace(topic, msgtype), FramePipeline(segmenter, vocabularies, smoother, palette, min_score), partners=partners.get(topic)
+                )
                 for name in outputs:
                     subtopic, output_type = OUTPUTS[name]
                     qos = [LATCHED_QOS] if name == "class_map" else []
                     camera.outputs[name] = writer.add_connection(f"{camera.namespace}/{subtopic}", output_type, typestore=store, offered_qos_profiles=qos)
             summary.frames_total = sum(c.msgcount for c in reader.connections if c.topic in chosen)
             bar = tqdm(total=summary.frames_total, unit="frame", desc="labeling", dynamic_ncols=True, disable=None if progress is None else not progress)
+            ordered = OrderedWriter(writer)
+
+            def label_batch(camera: Camera) -> None:
+                frames, camera.batch = camera.batch, []
+                inferred = camera.pipeline.infer_batch([frame.prepared for frame in frames], [frame.stamp_s for frame in frames], request)
+                for frame, frame_inferred in zip(frames, inferred):
+                    camera.write(frame.place, frame.timestamp, frame.header, camera.pipeline.finish(frame_inferred), model)
+                    ordered.release(frame.place)
+                summary.frames_labeled += len(frames)
+                bar.update(len(frames))
+
             start = time.perf_counter()
             for connection, timestamp, data in reader.messages():
-                writer.write(copies[connection.id], timestamp, data)
+                ordered.copy(copies[connection.id], timestamp, data)
                 summary.messages_copied += 1
                 camera = cameras.get(connection.topic)
                 if camera is None:
                     continue
-                why = _label_frame(camera, writer, timestamp, bytes(data), IMAGE_TYPES[connection.msgtype], request, model)
-                if why is not None:
-                    summary.skipped.append(f"{connection.topic} at bag time {timestamp}: {why}")
+                frame = _prepare_frame(camera, timestamp, bytes(data), IMAGE_TYPES[connection.msgtype], summary.without_depth)
+                if isinstance(frame, str):
+                    summary.skipped.append(f"{connection.topic} at bag time {timestamp}: {frame}")
                     bar.write(f"skipped frame {summary.skipped[-1]}", file=sys.stderr)
-                else:
-                    summary.frames_labeled += 1
-                bar.update()
+                    bar.update()
+                    continue
+                if camera.batch and camera.batch[0].prepared.model_input.shape != frame.prepared.model_input.shape:
+                    label_batch(camera)  # a batch holds frames of one size
+                frame.place = ordered.hold()
+                camera.batch.append(frame)
+                if len(camera.batch) >= batch:
+                    label_batch(camera)
+            for camera in cameras.values():
+                if camera.batch:
+                    label_batch(camera)
+            assert ordered.pending == 0, "every held output was written"
             summary.seconds = time.perf_counter() - start
             bar.close()
     return summary
 
 
-def _label_frame(camera: Camera, writer: Writer, timestamp: int, data: bytes, msg_type: type, request: OutputRequest, model: str) -> str | None:
-    """Label one frame and write its outputs; why not, for a frame that cannot be read."""
+def _prepare_frame(camera: Camera, timestamp: int, data: bytes, msg_type: type, without_depth: list[str]) -> PendingFrame | str:
+    """One frame decoded and prepared for its camera's batch (its place in OUT still to be
+    held); why not, for a frame that cannot be read. With points, the frame is prepared with
+    its depth; one that has none (or a bad one) is still labeled and noted in ``without_depth``."""
     try:
         msg = deserialize_message(data, msg_type)
     except Exception as exc:  # rclpy raises its own error types for a malformed CDR buffer
         return f"not a valid {msg_type.__name__} message ({type(exc).__name__}: {exc})"
-    stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
     try:
-        outputs = camera.pipeline.process(image_data(msg), stamp_s, request)
+        image, depth = image_data(msg), camera.partners.depth_for(msg) if camera.partners is not None else None
+        no_depth = depth if isinstance(depth, str) else None
+        if no_depth is None:
+            try:
+                prepared = camera.pipeline.prepare(image, depth)
+            except ImageError as exc:
+                if depth is None:
+                    raise
+                no_depth = f"bad depth image: {exc}"  # or a bad image: then preparing it alone fails too
+        if no_depth is not None:
+            prepared = camera.pipeline.prepare(image)
+            without_depth.append(f"{camera.topic} at bag time {timestamp}: {no_depth}")
     except ImageError as exc:
         return f"bad image: {exc}"
-    camera.write(writer, timestamp, msg.header, outputs, model)
-    return None
+    return PendingFrame(msg.header, timestamp, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, prepared)
 
 
 def read_vocabulary(names: list[str] | None, path: str | None) -> list[str]:
@@ -297,6 +567,15 @@ def _prepare_out(out_bag: Path, in_bag: Path, overwrite: bool) -> Path | None:
     return staging
 
 
+def _topic_options(values: list[str] | None) -> dict[str | None, str]:
+    """``--depth-topic`` values -> image topic (None: the only camera) -> topic."""
+    by_camera: dict[str | None, str] = {}
+    for value in values or ():
+        image_topic, separator, topic = value.rpartition("=")
+        by_camera[image_topic if separator else None] = topic
+    return by_camera
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
     default = {name: spec.default for name, spec in PARAMETERS_BY_NAME.items()}
@@ -318,6 +597,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--palette", default=default["palette"], choices=PARAMETERS_BY_NAME["palette"].choices)
     parser.add_argument("--min-score", type=float, default=default["min_score"])
     parser.add_argument("--overlay-alpha", type=float, default=default["overlay_alpha"])
+    parser.add_argument(
+        "--batch", type=int, default=0, metavar="N",
+        help=f"frames of a camera per pass of the model (default: {DEFAULT_CUDA_BATCH} on CUDA for SAN with smoothing none, else 1)",
+    )
+    parser.add_argument(
+        "--depth-topic", action="append", metavar="[IMAGE_TOPIC=]TOPIC",
+        help="with points: the camera's registered depth image (16UC1 mm, 32FC1 m), IMAGE_TOPIC= for one of several cameras "
+        "(default: <ns>/depth or <parent>/aligned_depth_to_color/image_raw, whichever is in the bag)",
+    )
+    parser.add_argument(
+        "--camera-info-topic", action="append", metavar="[IMAGE_TOPIC=]TOPIC", help="with points: the camera's camera_info (default: <ns>/camera_info)"
+    )
+    parser.add_argument(
+        "--depth-slop-s", type=float, default=default["depth_sync_slop_s"],
+        help="with points: a depth image and a camera_info pair with a frame less than this apart (s; 0: equal stamps), "
+        "as the node's depth_sync_slop_s (default: %(default)s)",
+    )
+    parser.add_argument("--points-stride", type=int, default=default["points_stride"], help="with points: as the node's points_stride (default: %(default)s)")
+    parser.add_argument(
+        "--points-min-score", type=float, default=default["points_min_score"], help="with points: as the node's points_min_score (default: %(default)s)"
+    )
     parser.add_argument("--storage", choices=tuple(STORAGES), help="storage of OUT (default: IN's)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it is a bag")
     args = parser.parse_args(argv)
@@ -328,6 +628,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--outputs: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(OUTPUTS)}")
     if not args.in_bag.exists():
         parser.error(f"{args.in_bag} does not exist")
+    if args.points_stride < 1 or args.depth_slop_s < 0:
+        parser.error(f"--points-stride must be at least 1 and --depth-slop-s not negative (got {args.points_stride}, {args.depth_slop_s})")
+    if (args.depth_topic or args.camera_info_topic) and "points" not in outputs:
+        parser.error("--depth-topic and --camera-info-topic are for --outputs ...,points")
+    if args.batch < 0:
+        parser.error(f"--batch must be at least 1 (0: the default), not {args.batch}")
     staging = _prepare_out(args.out_bag, args.in_bag, args.overwrite)
     if staging is None:
         return EXIT_OUT_EXISTS
@@ -337,15 +643,20 @@ def main(argv: list[str] | None = None) -> int:
     segmenter, weights_note = build_segmenter(args.model, args.weights, args.device, args.precision, args.input_short_edge, args.cer_topk, args.cpu_threads)
     vocabularies = VocabularyManager(segmenter.encode_text)
     vocabulary = vocabularies.install(vocabularies.encode(read_vocabulary(args.vocabulary, args.vocabulary_file)))
+    batches = segmenter.batches and smoothing == "none"
+    batch = args.batch or (DEFAULT_CUDA_BATCH if segmenter.device.type == "cuda" and batches else 1)
     print(
         f"label_bag: model {args.model} on {segmenter.device} ({weights_note}), smoothing {smoothing}, "
+        f"batch {batch}{'' if batches or batch == 1 else ' (frame by frame: smoothing on, or a model without batches)'}, "
         f"{len(vocabulary.names)} classes, ready in {time.perf_counter() - start:.1f} s",
         file=sys.stderr,
     )
     try:
         summary = label_bag(
             args.in_bag, staging / args.out_bag.name, segmenter, vocabularies, args.model, args.topics, outputs, args.storage,
-            smoothing, args.palette, args.min_score, args.overlay_alpha,
+            smoothing, args.palette, args.min_score, args.overlay_alpha, batch=batch,
+            depth_topics=_topic_options(args.depth_topic), camera_info_topics=_topic_options(args.camera_info_topic),
+            depth_slop_s=args.depth_slop_s, points_stride=args.points_stride, points_min_score=args.points_min_score,
         )
     except LabelBagError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -358,7 +669,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"offline: {summary.frames_labeled}/{summary.frames_total} frames labeled into {args.out_bag}, "
         f"{summary.frames_per_s:.2f} frames/s; {len(summary.skipped)} skipped; {summary.messages_copied} input messages copied"
+        + (f"; {len(summary.without_depth)} frames without depth" if "points" in outputs else "")
     )
+    if summary.without_depth:
+        print(f"label_bag: labeled without a cloud, e.g. {summary.without_depth[0]}", file=sys.stderr)
     return 0
 
 

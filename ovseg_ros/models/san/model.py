@@ -85,24 +85,24 @@ VARIANTS: dict[str, SANConfig] = {
 
 @dataclass
 class SANPrediction:
-    """Network outputs for one image, before semantic inference (the parity checkpoints).
+    """Network outputs for B images of one size, before semantic inference (the parity checkpoints).
 
-    Q = mask queries (100), T = classes, D = CLIP embedding size, (h, w) = side adapter grid
-    (padded size / 16).
+    B = images, Q = mask queries (100), T = classes, D = CLIP embedding size, (h, w) = side
+    adapter grid (padded size / 16).
     """
 
     text_classifier: torch.Tensor  # (T+1, D) scaled classifier, background last
-    mask_preds: torch.Tensor  # (1, Q, h, w) mask logits
-    attn_biases: torch.Tensor  # (1, heads, Q, h, w) attention bias after bias_scaling
-    mask_embs: torch.Tensor  # (1, Q, D) unit-norm region embeddings
-    mask_logits: torch.Tensor  # (1, Q, T+1) class logits per mask
-    image_size: tuple[int, int]  # (H, W) of the input image
+    mask_preds: torch.Tensor  # (B, Q, h, w) mask logits
+    attn_biases: torch.Tensor  # (B, heads, Q, h, w) attention bias after bias_scaling
+    mask_embs: torch.Tensor  # (B, Q, D) unit-norm region embeddings
+    mask_logits: torch.Tensor  # (B, Q, T+1) class logits per mask
+    image_size: tuple[int, int]  # (H, W) of the input images
     padded_size: tuple[int, int]  # (H, W) after padding to size_divisibility
 
-    def scores(self) -> SANScores:
-        """The class scores of semantic inference (no background channel)."""
-        class_probs = self.mask_logits[0].softmax(dim=-1)[:, :-1]
-        return SANScores(class_probs, self.mask_preds[0], self.image_size, self.padded_size)
+    def scores(self, index: int = 0) -> SANScores:
+        """The class scores of semantic inference of image ``index`` (no background channel)."""
+        class_probs = self.mask_logits[index].softmax(dim=-1)[:, :-1]
+        return SANScores(class_probs, self.mask_preds[index], self.image_size, self.padded_size)
 
 
 class SAN(OpenVocabModel):
@@ -144,10 +144,11 @@ class SAN(OpenVocabModel):
         return self.ov_classifier(class_names)
 
     def predict(self, image: torch.Tensor, text_features: torch.Tensor) -> SANPrediction:
-        """Run the network on one image.
+        """Run the network on B images of one size (every stage keeps the images apart: each
+        image's outputs equal those of running it alone, up to float rounding).
 
         Args:
-            image: (1, 3, H, W) float RGB 0..255.
+            image: (B, 3, H, W) float RGB 0..255.
             text_features: (T, D) from :meth:`encode_text`.
         """
         image_size = tuple(image.shape[-2:])
@@ -173,10 +174,17 @@ class SAN(OpenVocabModel):
 
     def forward(self, image: torch.Tensor, text_features: torch.Tensor) -> SANScores:
         """Scores for image (1, 3, H, W) RGB 0..255; see :class:`OpenVocabModel` and :meth:`SANPrediction.scores`."""
+        if image.shape[0] != 1:
+            raise ValueError(f"forward takes one image, got a batch of {image.shape[0]}: use forward_batch")
         return self.predict(image, text_features).scores()
 
+    def forward_batch(self, images: torch.Tensor, text_features: torch.Tensor) -> list[SANScores]:
+        """Scores of each of the B images (B, 3, H, W) RGB 0..255 of one size, from one pass of the network."""
+        prediction = self.predict(images, text_features)
+        return [prediction.scores(index) for index in range(images.shape[0])]
+
     def _normalise_and_pad(self, image: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) 0..255 -> normalised, zero-padded bottom/right to a multiple of
+        """(B, 3, H, W) 0..255 -> normalised, zero-padded bottom/right to a multiple of
         ``size_divisibility`` (padding after normalisation, as detectron2's ImageList does)."""
         mean = image.new_tensor(PIXEL_MEAN).view(1, 3, 1, 1)
         std = image.new_tensor(PIXEL_STD).view(1, 3, 1, 1)
