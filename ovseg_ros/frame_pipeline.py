@@ -392,12 +392,13 @@ class FramePipeline:
     def infer_batch(
         self, prepared: list[PreparedFrame], stamps_s: list[float], request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None
     ) -> list[InferredFrame]:
-        """:meth:`infer` of each frame, in order, with one pass of the model for all of them
-        where the model batches (:attr:`Segmenter.batches`: SAN) — for offline labeling.
+        """:meth:`infer` of each frame, in order, with one call of the model for all of them
+        where the model batches (:attr:`Segmenter.batches`: SAN in one pass, SED's CLIP tower)
+        — for offline labeling.
 
         The outputs equal :meth:`infer`'s of each frame in turn (labels identical). Frames go
         through one at a time, in order, where a batch could not give that: a model without
-        batches (SED), temporal smoothing on (each frame blends the one before it) or a CER
+        batches, temporal smoothing on (each frame blends the one before it) or a CER
         latency budget (it adapts K per frame). In a batch each frame's ``model`` time is the
         whole batch's pass.
 
@@ -412,7 +413,7 @@ class FramePipeline:
         vocabulary = vocabulary or self.vocabularies.current
         if vocabulary is None:
             raise PipelineError("no vocabulary is installed")
-        if len(prepared) < 2 or not self.segmenter.batches or self.smoother.mode != "none" or self.cer_budget is not None:
+        if len(prepared) < 2 or not self.segmenter.batches or self.smoother.mode != "none" or (self.cer_budget is not None and self.cer_budget.budget_ms > 0):
             return [self.infer(frame, stamp_s, request, vocabulary) for frame, stamp_s in zip(prepared, stamps_s)]
         if not self._cuda:
             return self._infer_batch_on_device(prepared, vocabulary, stamps_s, request)
@@ -477,7 +478,7 @@ class FramePipeline:
         inferred = []
         for index, (frame, scores, stamp_s) in enumerate(zip(prepared, batch_scores, stamps_s)):
             frame.clock.mark("wait")  # the frames before it in the batch being postprocessed
-            inferred.append(self._label_on_device(frame, scores, vocabulary, stamp_s, request, first_slot + index, None))
+            inferred.append(self._label_on_device(frame, scores, vocabulary, stamp_s, request, first_slot + index, self.segmenter.cer_topk))
         return inferred
 
     def _label_on_device(

@@ -112,8 +112,8 @@ class Segmenter:
 
     @property
     def batches(self) -> bool:
-        """Whether the model labels several images in one pass (:meth:`scores_batch`): SAN does;
-        SED does not (its cost volume and CER use the class axis as the batch axis)."""
+        """Whether the model labels several images in one call (:meth:`scores_batch`): SAN in one
+        pass; SED runs its CLIP tower on the batch and its decoder (cost volume, CER) per image."""
         return hasattr(self.model, "forward_batch")
 
     def _autocast(self):
@@ -171,6 +171,8 @@ class Segmenter:
         """
         if not self.batches:
             raise ValueError(f"{self.model.variant} labels one image at a time (no forward_batch)")
+        if self.model_has_cer(self.model):
+            self.model.cer_topk = self.cer_topk
         if self.compile_mode is not None:
             torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():

@@ -98,17 +98,26 @@ def test_a_batch_of_mixed_sizes_is_refused():
         pipeline.infer_batch(prepared[:1], [0.0, 0.1])
 
 
-@pytest.mark.parametrize("model, smoothing", [("san_tiny_dev", "ema"), ("sed_tiny_dev", "none")], ids=["smoothing_on", "model_without_batches"])
-def test_frames_go_one_at_a_time_where_a_batch_cannot(model, smoothing):
-    """Smoothing blends each frame into the next, SED has no batch pass: in order, frame by frame."""
-    batched_pipeline, alone_pipeline = make_pipeline(model, smoothing), make_pipeline(model, smoothing)
-    assert batched_pipeline.segmenter.batches == (model == "san_tiny_dev")
+def test_frames_go_one_at_a_time_with_smoothing_on():
+    """Smoothing blends each frame into the next: in order, frame by frame."""
+    batched_pipeline, alone_pipeline = make_pipeline("san_tiny_dev", "ema"), make_pipeline("san_tiny_dev", "ema")
     images, stamps = frames(3), [0.1 * i for i in range(3)]
     batched = batched_pipeline.process_batch(images, stamps)
     assert_same_outputs(batched, [alone_pipeline.process(image, stamp) for image, stamp in zip(images, stamps)])
-    if model == "sed_tiny_dev":
-        with pytest.raises(ValueError, match="one image at a time"):
-            batched_pipeline.segmenter.scores_batch(torch.zeros(2, 3, HEIGHT, WIDTH), batched_pipeline.vocabularies.current.text_features)
+
+
+def test_sed_batches_its_clip_tower_and_decodes_each_image_with_its_own_cer():
+    """SED's decoder uses the class axis as its batch axis: the CLIP tower takes the batch,
+    the cost volume and CER each image, so each frame keeps its own classes."""
+    batched_pipeline, alone_pipeline = make_pipeline("sed_tiny_dev", "none"), make_pipeline("sed_tiny_dev", "none")
+    for pipeline in (batched_pipeline, alone_pipeline):
+        pipeline.set_cer_topk(1)
+        pipeline.min_score = 0.0  # SED's scores are probabilities: the labels are the argmax
+    assert batched_pipeline.segmenter.batches
+    images, stamps = frames(3), [0.1 * i for i in range(3)]
+    batched = batched_pipeline.process_batch(images, stamps)
+    assert_same_outputs(batched, [alone_pipeline.process(image, stamp) for image, stamp in zip(images, stamps)])
+    assert all(outputs.cer_topk == 1 for outputs in batched)
 
 
 def test_label_bag_batches_give_the_bag_of_one_frame_at_a_time(tmp_path, capsys, monkeypatch):

@@ -30,10 +30,10 @@ without a cloud and counted ("N frames without depth"). In a batch each frame is
 back-projected with its own depth.
 
 ``--batch N`` labels up to N consecutive frames of one camera of one size with one pass of
-the model (:meth:`FramePipeline.infer_batch`; default: 8 on CUDA for a model that batches,
-SAN, with smoothing none; 1 otherwise). The outputs are the same as frame by frame, written
-in the input's order with the frames' stamps; with smoothing on, or SED, a batch's frames go
-through one at a time, in order. Each camera has a temporal smoother of its own
+the model (:meth:`FramePipeline.infer_batch`: SAN in one pass, SED's CLIP tower on the
+batch and its decoder per image; default: 8 on CUDA with smoothing none, 1 otherwise). The
+outputs are the same as frame by frame, written in the input's order with the frames'
+stamps; with smoothing on a batch's frames go through one at a time, in order. Each camera has a temporal smoother of its own
 (``--smoothing``, as the node's parameter). A frame that cannot be decoded (bad encoding,
 size or compressed data) is logged, skipped and counted, alone (the rest of its batch is
 labeled); its message is still copied. OUT must not exist (``--overwrite`` replaces an existing bag);
@@ -88,7 +88,7 @@ OUTPUTS = {
 DEFAULT_OUTPUTS = ("label", "info", "class_map")
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 EXIT_OUT_EXISTS = 2
-#: ``--batch`` on CUDA for a model that batches (SAN) with smoothing none.
+#: ``--batch`` on CUDA for a model that batches (SAN, SED) with smoothing none.
 DEFAULT_CUDA_BATCH = 8
 _NO_TIME = QosTime(sec=0, nsec=0)
 #: The node's class map QoS (reliable, transient local, depth 1), recorded so that

@@ -100,18 +100,32 @@ class SED(OpenVocabModel):
         if image.dim() != 4 or image.shape[0] != 1:
             raise ValueError(
                 f"SED takes one image, shaped (1, 3, H, W), got {tuple(image.shape)}: its cost volume and "
-                "category early rejection use the class axis as the batch axis; run images one by one"
+                "category early rejection use the class axis as the batch axis; use forward_batch for several"
             )
+        return self._predict_batch(image, text_features)[0]
+
+    @torch.inference_mode()
+    def _predict_batch(self, images: torch.Tensor, text_features: torch.Tensor) -> list[SEDOutput]:
+        """(B, 3, H, W) images of one size: the CLIP tower runs on the batch, the decoder (cost
+        volume, CER) on each image, since the class axis is its batch axis."""
         with stage("preprocess"):
-            clip_input = self.preprocess(image)
+            clip_input = self.preprocess(images)
         with stage("backbone"):
             features = self.image_encoder(clip_input)
-        decoded = self.decoder(features.dense, features.guidance, text_features, self.cer_topk)
-        with stage("postprocess"):
-            probs = decoded.logits.new_zeros((len(text_features), *decoded.logits.shape[-2:]))
-            probs[decoded.kept] = decoded.logits.sigmoid()
-        return SEDOutput(clip_input, features.dense, decoded.logits, decoded.kept, decoded.kept_per_stage, probs,
-                         tuple(image.shape[-2:]))
+        outputs = []
+        for i in range(len(images)):
+            dense = features.dense[i : i + 1]
+            decoded = self.decoder(dense, tuple(g[i : i + 1] for g in features.guidance), text_features, self.cer_topk)
+            with stage("postprocess"):
+                probs = decoded.logits.new_zeros((len(text_features), *decoded.logits.shape[-2:]))
+                probs[decoded.kept] = decoded.logits.sigmoid()
+            outputs.append(SEDOutput(clip_input[i : i + 1], dense, decoded.logits, decoded.kept, decoded.kept_per_stage,
+                                     probs, tuple(images.shape[-2:])))
+        return outputs
+
+    def forward_batch(self, images: torch.Tensor, text_features: torch.Tensor) -> list[UpsampledScores]:
+        """Scores of each of the B images (B, 3, H, W) RGB 0..255 of one size (CER per image)."""
+        return [output.scores() for output in self._predict_batch(images, text_features)]
 
     def forward(self, image: torch.Tensor, text_features: torch.Tensor) -> UpsampledScores:
         """Class probabilities for a (1, 3, H, W) RGB 0..255 image; see :meth:`SEDOutput.scores`."""
