@@ -59,17 +59,17 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from vision_msgs.msg import LabelInfo, VisionClass
 
-from ovseg_ros.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest
+from ovseg_ros.frame_pipeline import FrameOutputs, FramePipeline, OutputRequest
 from ovseg_ros.frame_stream import INFERENCE_THREAD_NAME, FrameStream, FrameTicket, StreamResult
 from ovseg_ros.handoff import REFUSED, FrameStats, SerialWorker
 from ovseg_ros.image_codec import ImageError
 from ovseg_ros.latency_budget import CerBudget
-from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg, raw_image_data
+from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg
 from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import CheckpointError, file_digest
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.parameters import PARAMETERS, PARAMETERS_BY_NAME
-from ovseg_ros.point_cloud import intrinsics_from_camera_info, point_cloud_msg
+from ovseg_ros.point_cloud import depth_data, point_cloud_msg
 from ovseg_ros.segmenter import Segmenter
 from ovseg_ros.smoothing import TemporalSmoother
 from ovseg_ros.srv import SetVocabulary
@@ -442,12 +442,10 @@ class OvsegNode(LifecycleNode):
             self._stats.frame_ignored()
             return
         image = image_data(msg)
-        depth_data = None
+        frame_depth = None
         if depth is not None:
-            # A camera_info without a size describes the colour image (raw) or, registered, the depth image's grid.
-            width, height = (depth.width, depth.height) if isinstance(msg, CompressedImage) else (msg.width, msg.height)
             try:
-                depth_data = DepthData(raw_image_data(depth), intrinsics_from_camera_info(camera_info, width, height))
+                frame_depth = depth_data(msg, depth, camera_info)
             except ImageError as exc:
                 self._frame_failed(f"bad camera_info: {exc}")
                 return
@@ -455,7 +453,7 @@ class OvsegNode(LifecycleNode):
             request = self._output_request(classes)
         except Exception:  # InvalidHandle: a vocabulary change or cleanup destroyed a publisher meanwhile
             request = OutputRequest()  # this frame: labels and info only
-        ticket = FrameTicket(image, _stamp_ns(msg) * 1e-9, request, FrameTag(msg.header, camera_info, self._activation), depth_data)
+        ticket = FrameTicket(image, _stamp_ns(msg) * 1e-9, request, FrameTag(msg.header, camera_info, self._activation), frame_depth)
         if stream.submit(ticket) == REFUSED:
             self._stats.frame_ignored()
 

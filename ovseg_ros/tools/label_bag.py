@@ -64,11 +64,11 @@ from tqdm import tqdm
 from ovseg_ros.bag import typestore
 from ovseg_ros.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest, PreparedFrame
 from ovseg_ros.image_codec import ImageError
-from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg, raw_image_data
+from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg
 from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import file_digest
 from ovseg_ros.parameters import PARAMETERS_BY_NAME
-from ovseg_ros.point_cloud import intrinsics_from_camera_info, point_cloud_msg
+from ovseg_ros.point_cloud import depth_data, point_cloud_msg
 from ovseg_ros.segmenter import Segmenter
 from ovseg_ros.smoothing import TemporalSmoother
 from ovseg_ros.tools.harness import package_share
@@ -334,10 +334,8 @@ class DepthPartners:
         bag_time, depth_stamp = int(self.depth_times[depth_index]), int(self.depth_stamps[depth_index])
         depths = (deserialize_message(bytes(data), Image) for _, _, data in self.reader.messages([self.depth_connection], start=bag_time, stop=bag_time + 1))
         depth = next(depth for depth in depths if _stamp_ns(depth.header) == depth_stamp)
-        # As the node: a camera_info without a size describes the colour image (raw) or, registered, the depth image's grid.
-        width, height = (depth.width, depth.height) if isinstance(msg, CompressedImage) else (msg.width, msg.height)
         try:
-            return DepthData(raw_image_data(depth), intrinsics_from_camera_info(self.infos[info_index], width, height))
+            return depth_data(msg, depth, self.infos[info_index])
         except ImageError as exc:
             return f"bad camera_info: {exc}"
 
