@@ -45,7 +45,7 @@ from .points import ClassPoints, PinholeIntrinsics, back_project, class_summary,
 from .rendering import Renderer
 from .segmenter import Segmenter
 from .smoothing import TemporalSmoother
-from .vocabulary import Vocabulary, VocabularyError, VocabularyManager
+from .vocabulary import Vocabulary, VocabularyManager
 
 #: Frames whose outputs may be alive at once (being published, in the stream's hand-off,
 #: being inferred): the pinned output buffers are a ring this long, so a frame's arrays are
@@ -236,7 +236,8 @@ class FramePipeline:
         smoother: temporal smoothing of the coarse scores (mode ``"none"`` to switch it off).
         palette: class colours, ``"name"`` or ``"index"`` (see :mod:`ovseg_ros.rendering`).
         min_score: pixels whose best score is below this are unlabeled.
-        cer_budget: adapts CER's K to a latency budget (SED with ``cer_topk`` only).
+        latency_budget_ms: with CER (the segmenter's ``cer_topk``), lower K while the model's
+            p95 exceeds this (:class:`CerBudget`); 0 = off.
         torch_rendering: render with torch ops (None: on CUDA only; on the CPU cv2 is faster,
             but a machine without OpenCV can render with torch there too).
 
@@ -251,7 +252,7 @@ class FramePipeline:
         smoother: TemporalSmoother,
         palette: str = "name",
         min_score: float = 0.0,
-        cer_budget: CerBudget | None = None,
+        latency_budget_ms: float = 0.0,
         torch_rendering: bool | None = None,
     ) -> None:
         self.segmenter = segmenter
@@ -259,7 +260,8 @@ class FramePipeline:
         self.smoother = smoother
         self.palette = palette
         self.min_score = min_score
-        self.cer_budget = cer_budget
+        self._latency_budget_ms = latency_budget_ms
+        self.set_cer_topk(segmenter.cer_topk)
         self._budget_vocabulary_version = 0
         self.torch_rendering = torch_rendering
         self.device = segmenter.device
@@ -333,12 +335,7 @@ class FramePipeline:
         if not self._cuda:
             return self._infer_on_device(prepared, vocabulary, stamp_s, request, slot)
         with torch.cuda.stream(self._compute_stream):
-            self._compute_stream.wait_event(prepared.ready)
-            # Made on the upload stream, used on this one: not to be reused before this frame is done.
-            prepared.image.record_stream(self._compute_stream)
-            prepared.model_input.record_stream(self._compute_stream)
-            if prepared.depth is not None:
-                prepared.depth.record_stream(self._compute_stream)
+            self._wait_for_upload(prepared)
             prepared.clock.mark("wait", self._compute_stream)
             inferred = self._infer_on_device(prepared, vocabulary, stamp_s, request, slot)
             inferred.done = torch.cuda.Event()
@@ -419,11 +416,7 @@ class FramePipeline:
             return self._infer_batch_on_device(prepared, vocabulary, stamps_s, request)
         with torch.cuda.stream(self._compute_stream):
             for frame in prepared:
-                self._compute_stream.wait_event(frame.ready)
-                frame.image.record_stream(self._compute_stream)
-                frame.model_input.record_stream(self._compute_stream)
-                if frame.depth is not None:
-                    frame.depth.record_stream(self._compute_stream)
+                self._wait_for_upload(frame)
             inferred = self._infer_batch_on_device(prepared, vocabulary, stamps_s, request)
             done = torch.cuda.Event()
             done.record(self._compute_stream)
@@ -451,15 +444,34 @@ class FramePipeline:
             self.cer_budget.reset()  # the warm-up frame's time is not the model's
         return (time.perf_counter() - start) * 1000.0
 
-    def set_cer_topk(self, cer_topk: int | None, budget_ms: float = 0.0) -> None:
+    @property
+    def cer_topk(self) -> int | None:
+        """CER's K for the next frame (the budget's, else the configured one; None: off)."""
+        return self.cer_budget.topk if self.cer_budget is not None else self.segmenter.cer_topk
+
+    def set_cer_topk(self, cer_topk: int | None) -> None:
         """Change CER's (largest) K at run time; None switches CER off."""
         self.segmenter.cer_topk = cer_topk
-        self.cer_budget = CerBudget(cer_topk, budget_ms) if cer_topk else None
+        self.cer_budget = CerBudget(cer_topk, self._latency_budget_ms) if cer_topk else None
+
+    def set_latency_budget(self, budget_ms: float) -> None:
+        """Change the latency budget at run time (0: off); kept over CER being switched off and on."""
+        self._latency_budget_ms = budget_ms
+        if self.cer_budget is not None:
+            self.cer_budget.budget_ms = budget_ms
 
     # -- on the device ------------------------------------------------------------------
 
+    def _wait_for_upload(self, prepared: PreparedFrame) -> None:
+        """The compute stream waits for ``prepared``'s upload and resize."""
+        self._compute_stream.wait_event(prepared.ready)
+        # Made on the upload stream, used on this one: not to be reused before this frame is done.
+        for tensor in (prepared.image, prepared.model_input, prepared.depth):
+            if tensor is not None:
+                tensor.record_stream(self._compute_stream)
+
     def _infer_on_device(self, prepared: PreparedFrame, vocabulary: Vocabulary, stamp_s: float, request: OutputRequest, slot: int) -> InferredFrame:
-        cer_topk = self.cer_budget.topk if self.cer_budget is not None else self.segmenter.cer_topk
+        cer_topk = self.cer_topk
         scores = self.segmenter.scores(prepared.model_input, vocabulary.text_features, cer_topk)
         prepared.clock.mark("model")
         return self._label_on_device(prepared, scores, vocabulary, stamp_s, request, slot, cer_topk)
@@ -478,7 +490,7 @@ class FramePipeline:
         inferred = []
         for index, (frame, scores, stamp_s) in enumerate(zip(prepared, batch_scores, stamps_s)):
             frame.clock.mark("wait")  # the frames before it in the batch being postprocessed
-            inferred.append(self._label_on_device(frame, scores, vocabulary, stamp_s, request, first_slot + index, self.segmenter.cer_topk))
+            inferred.append(self._label_on_device(frame, scores, vocabulary, stamp_s, request, first_slot + index, self.cer_topk))
         return inferred
 
     def _label_on_device(

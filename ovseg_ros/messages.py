@@ -25,6 +25,11 @@ from ovseg_ros.topic_names import mask_topic_names
 from ovseg_ros.vocabulary import Vocabulary
 
 
+def stamp_ns(header) -> int:
+    """A header's stamp in integer nanoseconds (exact, unlike float seconds)."""
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
 def image_data(msg: Image | CompressedImage) -> ImageData:
     """The pipeline's view of an image message (raw data is not copied)."""
     if isinstance(msg, CompressedImage):

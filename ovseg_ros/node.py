@@ -63,23 +63,19 @@ from ovseg_ros.frame_pipeline import FrameOutputs, FramePipeline, OutputRequest
 from ovseg_ros.frame_stream import INFERENCE_THREAD_NAME, FrameStream, FrameTicket, StreamResult
 from ovseg_ros.handoff import REFUSED, FrameStats, SerialWorker
 from ovseg_ros.image_codec import ImageError
-from ovseg_ros.latency_budget import CerBudget
-from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg
-from ovseg_ros.models import build_model, resolve_weights
-from ovseg_ros.models.checkpoint import CheckpointError, file_digest
+from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg, stamp_ns
+from ovseg_ros.models.checkpoint import CheckpointError
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.parameters import PARAMETERS, PARAMETERS_BY_NAME
 from ovseg_ros.point_cloud import depth_data, point_cloud_msg
-from ovseg_ros.segmenter import Segmenter
-from ovseg_ros.smoothing import TemporalSmoother
+from ovseg_ros.segmenter import Segmenter, build_segmenter
+from ovseg_ros.smoothing import TemporalSmoother, smoothing_mode
 from ovseg_ros.srv import SetVocabulary
 from ovseg_ros.topic_names import mask_topic_names
 from ovseg_ros.vocabulary import (
-    TextEmbeddingCache,
     Vocabulary,
     VocabularyError,
     VocabularyManager,
-    default_cache_dir,
     edit_vocabulary,
     validate_class_names,
 )
@@ -154,7 +150,7 @@ class UnpairedFrames:
 
     def arrived(self, msg, active: bool) -> bool:
         """Note a frame; True when that pushed out one that arrived while active."""
-        self._waiting[_stamp_ns(msg)] = active
+        self._waiting[stamp_ns(msg.header)] = active
         if len(self._waiting) > self._queue_size and self._waiting.pop(min(self._waiting)):
             self.count += 1
             self.last_at = time.monotonic()
@@ -162,7 +158,7 @@ class UnpairedFrames:
         return False
 
     def paired(self, msg) -> None:
-        self._waiting.pop(_stamp_ns(msg), None)
+        self._waiting.pop(stamp_ns(msg.header), None)
 
     def forget_waiting(self) -> None:
         """A new synchronizer starts with an empty queue."""
@@ -345,12 +341,24 @@ class OvsegNode(LifecycleNode):
         """Model, vocabulary encoder, smoothing and CER budget of a new configuration."""
         segmenter = self._build_segmenter()
         self._vocabularies.attach(segmenter.encode_text)
-        budget = CerBudget(segmenter.cer_topk, self._param("latency_budget_ms")) if segmenter.cer_topk else None
-        return FramePipeline(segmenter, self._vocabularies, self._build_smoother(), self._param("palette"), self._param("min_score"), budget)
+        return FramePipeline(
+            segmenter, self._vocabularies, self._build_smoother(), self._param("palette"), self._param("min_score"), self._param("latency_budget_ms")
+        )
 
     def _build_segmenter(self) -> Segmenter:
         model_name = self._param("model")
-        weights = resolve_weights(model_name, self._param("weights"))
+        # Torch's threads spin on every core; one left free keeps image callbacks flowing
+        # (with all cores taken, frames overflowed the subscription queue).
+        cpu_threads = self._param("cpu_threads") or max(1, (os.cpu_count() or 2) - 1)
+        segmenter, weights = build_segmenter(
+            model_name,
+            self._param("weights"),
+            self._param("device"),
+            self._param("precision"),
+            self._param("input_short_edge"),
+            self._param("cer_topk"),
+            cpu_threads,
+        )
         if weights is None:
             self._weights_note = "RANDOM weights: labels are meaningless"
             self.get_logger().warning(
@@ -360,33 +368,15 @@ class OvsegNode(LifecycleNode):
             )
         else:
             self._weights_note = str(weights)
-        device = self._param("device")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cpu":
-            # Torch's threads spin on every core; one left free keeps image callbacks
-            # flowing (with all cores taken, frames overflowed the subscription queue).
-            torch.set_num_threads(self._param("cpu_threads") or max(1, (os.cpu_count() or 2) - 1))
-        model = build_model(model_name, weights)
-        digest = file_digest(weights) if weights is not None else "random"
-        cer_topk = (self._param("cer_topk") or None) if Segmenter.model_has_cer(model) else None  # SED's; SAN has none
+        cer_topk = segmenter.cer_topk
         self.get_logger().info(
-            f"model {model_name} on {device} ({self._param('precision')}), weights: {weights or 'random'}, "
+            f"model {model_name} on {segmenter.device} ({self._param('precision')}), weights: {weights or 'random'}, "
             f"category early rejection: {f'top-{cer_topk}' if cer_topk else 'off'}"
         )
-        return Segmenter(
-            model,
-            device=device,
-            precision=self._param("precision"),
-            short_edge=self._param("input_short_edge"),
-            text_cache=TextEmbeddingCache(default_cache_dir(), model_name, digest),
-            cer_topk=cer_topk,
-        )
+        return segmenter
 
     def _build_smoother(self) -> TemporalSmoother:
-        mode = self._param("smoothing")
-        if mode == "auto":
-            mode = "flow" if self._param("model").startswith("san_") else "none"
+        mode = smoothing_mode(self._param("smoothing"), self._param("model"))
         self.get_logger().info(f"temporal smoothing: {mode}")
         return TemporalSmoother(mode, strength=self._param("smoothing_strength"), max_gap_s=self._param("smoothing_max_gap_s"))
 
@@ -453,7 +443,7 @@ class OvsegNode(LifecycleNode):
             request = self._output_request(classes)
         except Exception:  # InvalidHandle: a vocabulary change or cleanup destroyed a publisher meanwhile
             request = OutputRequest()  # this frame: labels and info only
-        ticket = FrameTicket(image, _stamp_ns(msg) * 1e-9, request, FrameTag(msg.header, camera_info, self._activation), frame_depth)
+        ticket = FrameTicket(image, stamp_ns(msg.header) * 1e-9, request, FrameTag(msg.header, camera_info, self._activation), frame_depth)
         if stream.submit(ticket) == REFUSED:
             self._stats.frame_ignored()
 
@@ -561,9 +551,9 @@ class OvsegNode(LifecycleNode):
                 if self._classes is not None:
                     self._publish_label_info()  # its threshold
         elif param.name == "cer_topk" and Segmenter.model_has_cer(pipeline.segmenter.model):
-            pipeline.set_cer_topk(param.value or None, self._param("latency_budget_ms"))
-        elif param.name == "latency_budget_ms" and pipeline.cer_budget is not None:
-            pipeline.cer_budget.budget_ms = param.value
+            pipeline.set_cer_topk(param.value or None)
+        elif param.name == "latency_budget_ms":
+            pipeline.set_latency_budget(param.value)
         elif param.name == "max_rate_hz":
             stream.max_rate_hz = param.value
         elif param.name == "smoothing_strength":
@@ -737,7 +727,7 @@ class OvsegNode(LifecycleNode):
             **{f"frames_{outcome}": count for outcome, count in self._stats.counts().items()},
             "inference_threads": sum(thread.name == INFERENCE_THREAD_NAME for thread in threading.enumerate()),
             # The K frames run with now (the latency budget moves it); 0: off or not SED.
-            "cer_topk": (pipeline.cer_budget.topk if pipeline.cer_budget else pipeline.segmenter.cer_topk or 0) if pipeline else 0,
+            "cer_topk": (pipeline.cer_topk or 0) if pipeline else 0,
             "latency_budget_ms": self._param("latency_budget_ms"),
             "frames_unsynchronized": self._unpaired_frames.count,
             "last_frame_error": self._last_frame_error,
@@ -758,10 +748,6 @@ def _frame_error_message(error: Exception) -> str:
         torch.cuda.empty_cache()
         return f"out of GPU memory: {error}"
     return f"frame failed: {type(error).__name__}: {error}"
-
-
-def _stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def main(args: list[str] | None = None) -> int:

@@ -24,13 +24,17 @@ at most) and 99.996% of the labels agree. The float path measured 2.9e-4 on aver
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models import build_model, resolve_weights
 from .models.base import OpenVocabModel
+from .models.checkpoint import file_digest
 from .models.scores import ClassScores
-from .vocabulary import TextEmbeddingCache
+from .vocabulary import TextEmbeddingCache, default_cache_dir
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Short edge the authors evaluate at (detectron2 ResizeShortestEdge(640, max_size=2560)).
@@ -154,11 +158,7 @@ class Segmenter:
 
         ``cer_topk``: CER's K for this frame, at most the configured one (None: the configured one).
         """
-        if self.model_has_cer(self.model):  # also when off: the model keeps what it was last given
-            self.model.cer_topk = None if self.cer_topk is None else min(cer_topk or self.cer_topk, self.cer_topk)
-        if self.compile_mode is not None:
-            # A new frame: CUDA graph outputs of the previous one may be overwritten (a no-op without CUDA graphs).
-            torch.compiler.cudagraph_mark_step_begin()
+        self._begin_call(cer_topk)
         with self._autocast():
             return self.model(image, text_features)
 
@@ -171,12 +171,54 @@ class Segmenter:
         """
         if not self.batches:
             raise ValueError(f"{self.model.variant} labels one image at a time (no forward_batch)")
-        if self.model_has_cer(self.model):
-            self.model.cer_topk = self.cer_topk
-        if self.compile_mode is not None:
-            torch.compiler.cudagraph_mark_step_begin()
+        self._begin_call(None)
         with self._autocast():
             return self.model.forward_batch(images, text_features)
+
+    def _begin_call(self, cer_topk: int | None) -> None:
+        """Give the model this call's CER K (at most the configured one; None: that one)."""
+        if self.model_has_cer(self.model):  # also when off: the model keeps what it was last given
+            self.model.cer_topk = None if self.cer_topk is None else min(cer_topk or self.cer_topk, self.cer_topk)
+        if self.compile_mode is not None:
+            # A new frame: CUDA graph outputs of the previous one may be overwritten (a no-op without CUDA graphs).
+            torch.compiler.cudagraph_mark_step_begin()
+
+
+def build_segmenter(
+    model: str,
+    weights: str = "",
+    device: str = "auto",
+    precision: str = "fp32",
+    short_edge: int = DEFAULT_SHORT_EDGE,
+    cer_topk: int = 0,
+    cpu_threads: int = 0,
+    compile_mode: str | None = None,
+) -> tuple[Segmenter, Path | None]:
+    """The segmenter for the node's parameters of these names (the node, ``label_bag`` and the
+    benchmarks build theirs here); and the checkpoint it loaded (None: random weights).
+
+    ``weights`` empty: the weights directory's checkpoint of ``model`` if present
+    (:func:`~ovseg_ros.models.resolve_weights`). ``device`` ``"auto"``: CUDA when available.
+    ``cpu_threads`` > 0 sets torch's CPU threads (0: leave them). ``cer_topk`` 0 = off; a
+    model without CER (SAN) ignores it. Text embeddings are cached per model and weights.
+    """
+    checkpoint = resolve_weights(model, weights)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    network = build_model(model, checkpoint)
+    digest = file_digest(checkpoint) if checkpoint is not None else "random"
+    segmenter = Segmenter(
+        network,
+        device=device,
+        precision=precision,
+        short_edge=short_edge,
+        text_cache=TextEmbeddingCache(default_cache_dir(), model, digest),
+        cer_topk=(cer_topk or None) if Segmenter.model_has_cer(network) else None,
+        compile_mode=compile_mode,
+    )
+    return segmenter, checkpoint
 
 
 def compile_targets(model: OpenVocabModel) -> list[nn.Module]:

@@ -39,6 +39,14 @@ except ImportError:  # the GPU check machine has no OpenCV (robots do): only "fl
 MODES = ("none", "ema", "flow")
 
 
+def smoothing_mode(setting: str, model: str) -> str:
+    """The mode a ``smoothing`` setting means for ``model``: ``"auto"`` is ``flow`` for SAN
+    (its per-frame masks flicker), ``none`` for SED; any other setting is itself."""
+    if setting != "auto":
+        return setting
+    return "flow" if model.startswith("san_") else "none"
+
+
 class TemporalSmoother:
     """Blend per-class scores with the (motion-compensated) past; see the module docstring.
 

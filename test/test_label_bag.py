@@ -19,6 +19,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from ovseg_ros.bag import synthetic_frame, typestore
 from ovseg_ros.image_codec import message_bytes
 from ovseg_ros.msg import ClassMap, SegmentationInfo
+from ovseg_ros.segmenter import build_segmenter
 from ovseg_ros.tools import label_bag
 from ovseg_ros.tools.harness import Peer
 from ovseg_ros.vocabulary import VocabularyManager
@@ -225,7 +226,7 @@ def test_offline_outputs_equal_the_nodes_for_the_same_frames(tmp_path):
 def test_progress_bar_and_another_storage(tmp_path, capsys):
     """The function API: tqdm's bar (frames/s) when asked, OUT in sqlite3 from an mcap IN."""
     written = write_bag(tmp_path / "in", [(RAW_TOPIC, "sensor_msgs/msg/Image", raw_frame(index)) for index in range(3)])
-    segmenter, _ = label_bag.build_segmenter(TEST_MODEL, "", "cpu", "fp32", 120, 8, 1)
+    segmenter, _ = build_segmenter(TEST_MODEL, "", "cpu", "fp32", 120, 8, 1)
     vocabularies = VocabularyManager(segmenter.encode_text)
     vocabularies.install(vocabularies.encode(VOCABULARY))
     summary = label_bag.label_bag(tmp_path / "in", tmp_path / "out", segmenter, vocabularies, TEST_MODEL, storage="sqlite3", progress=True)

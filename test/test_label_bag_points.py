@@ -20,6 +20,7 @@ from ovseg_ros.messages import image_data, info_msg, raw_image_data
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.point_cloud import intrinsics_from_camera_info, point_cloud_msg
 from ovseg_ros.smoothing import TemporalSmoother
+from ovseg_ros.segmenter import build_segmenter
 from ovseg_ros.tools import label_bag
 from ovseg_ros.vocabulary import VocabularyManager
 
@@ -122,7 +123,7 @@ def test_paired_frames_get_their_cloud_and_summary_the_unpaired_one_labels_only(
     assert len(unpaired.present_class_ids) and not len(unpaired.class_point_counts) and not len(unpaired.class_centroids)
 
     # The same bytes as FramePipeline + point_cloud_msg give for each paired frame, and the same summary fields.
-    segmenter, _ = label_bag.build_segmenter(TEST_MODEL, "", "cpu", "fp32", SETTINGS["input_short_edge"], 8, 1)
+    segmenter, _ = build_segmenter(TEST_MODEL, "", "cpu", "fp32", SETTINGS["input_short_edge"], 8, 1)
     vocabularies = VocabularyManager(segmenter.encode_text)
     vocabularies.install(vocabularies.encode(VOCABULARY))
     pipeline = FramePipeline(segmenter, vocabularies, TemporalSmoother("none"), "name", SETTINGS["min_score"])

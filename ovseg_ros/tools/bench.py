@@ -58,9 +58,8 @@ from ovseg_ros.frame_pipeline import FramePipeline, OutputRequest, RawImageData
 from ovseg_ros.frame_stream import FrameStream, FrameTicket
 from ovseg_ros.handoff import FrameStats
 from ovseg_ros.image_codec import encode_image, message_bytes
-from ovseg_ros.models import build_model, resolve_weights
 from ovseg_ros.models.checkpoint import file_digest
-from ovseg_ros.segmenter import COMPILE_MODES, Segmenter
+from ovseg_ros.segmenter import COMPILE_MODES, Segmenter, build_segmenter
 from ovseg_ros.smoothing import TemporalSmoother
 from ovseg_ros.vocabulary import TextEmbeddingCache, Vocabulary, VocabularyManager, load_class_list
 
@@ -92,19 +91,11 @@ def machine_description(device: torch.device) -> str:
     return text
 
 
-def build_segmenter(args: argparse.Namespace) -> tuple[Segmenter, Path | None]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    weights = resolve_weights(args.model, args.weights)
-    compile_mode = None if args.compile == "off" else args.compile
-    segmenter = Segmenter(build_model(args.model, weights), device=device, precision=args.precision, compile_mode=compile_mode)
-    return segmenter, weights
-
-
 def build_pipeline(args: argparse.Namespace) -> tuple[FramePipeline, Path | None]:
-    """The frame path as the node builds it, without smoothing (its cost is bench_smoothing's)."""
-    segmenter, weights = build_segmenter(args)
+    """The frame path as the node builds it (CER off until a row sets it), without smoothing
+    (its cost is bench_smoothing's)."""
+    compile_mode = None if args.compile == "off" else args.compile
+    segmenter, weights = build_segmenter(args.model, args.weights, args.device, args.precision, cpu_threads=args.threads, compile_mode=compile_mode)
     return FramePipeline(segmenter, VocabularyManager(segmenter.encode_text), TemporalSmoother("none")), weights
 
 
@@ -327,7 +318,7 @@ def bench_pipeline(args: argparse.Namespace) -> int:
 
 def bench_text(args: argparse.Namespace) -> int:
     names = load_class_list(args.vocab)
-    segmenter, weights = build_segmenter(args)
+    segmenter, weights = build_segmenter(args.model, args.weights, args.device, args.precision, cpu_threads=args.threads)
     with tempfile.TemporaryDirectory() as root:
         cache = segmenter.text_cache = TextEmbeddingCache(Path(root), args.model, file_digest(weights) if weights else "random")
         seconds = []

@@ -64,15 +64,13 @@ from tqdm import tqdm
 from ovseg_ros.bag import typestore
 from ovseg_ros.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest, PreparedFrame
 from ovseg_ros.image_codec import ImageError
-from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg
-from ovseg_ros.models import build_model, resolve_weights
-from ovseg_ros.models.checkpoint import file_digest
+from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg, stamp_ns
 from ovseg_ros.parameters import PARAMETERS_BY_NAME
 from ovseg_ros.point_cloud import depth_data, point_cloud_msg
-from ovseg_ros.segmenter import Segmenter
-from ovseg_ros.smoothing import TemporalSmoother
+from ovseg_ros.segmenter import Segmenter, build_segmenter
+from ovseg_ros.smoothing import TemporalSmoother, smoothing_mode
 from ovseg_ros.tools.harness import package_share
-from ovseg_ros.vocabulary import TextEmbeddingCache, VocabularyManager, default_cache_dir, load_class_list
+from ovseg_ros.vocabulary import VocabularyManager, load_class_list
 
 IMAGE_TYPES = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage}
 #: output name -> (topic under the camera's namespace, message type)
@@ -291,19 +289,15 @@ def choose_depth_partners(
     return pairs
 
 
-def _stamp_ns(header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-
-
-def _nearest(stamps: np.ndarray, stamp_ns: int, slop_ns: int) -> int | None:
-    """Index of the stamp of ``stamps`` (ascending) nearest ``stamp_ns``, if less than
+def _nearest(stamps: np.ndarray, target_ns: int, slop_ns: int) -> int | None:
+    """Index of the stamp of ``stamps`` (ascending) nearest ``target_ns``, if less than
     ``slop_ns`` from it (0: equal only), as the node's sync slop; None otherwise."""
-    right = int(np.searchsorted(stamps, stamp_ns))
+    right = int(np.searchsorted(stamps, target_ns))
     near = [index for index in (right - 1, right) if 0 <= index < len(stamps)]
     if not near:
         return None
-    best = min(near, key=lambda index: abs(int(stamps[index]) - stamp_ns))
-    gap = abs(int(stamps[best]) - stamp_ns)
+    best = min(near, key=lambda index: abs(int(stamps[index]) - target_ns))
+    gap = abs(int(stamps[best]) - target_ns)
     return best if gap == 0 or gap < slop_ns else None
 
 
@@ -326,14 +320,14 @@ class DepthPartners:
 
     def depth_for(self, msg: Image | CompressedImage) -> DepthData | str:
         """The frame's depth image and colour intrinsics; why it has none."""
-        stamp = _stamp_ns(msg.header)
+        stamp = stamp_ns(msg.header)
         depth_index, info_index = _nearest(self.depth_stamps, stamp, self.slop_ns), _nearest(self.info_stamps, stamp, self.slop_ns)
         missing = [topic for topic, index in ((self.depth_topic, depth_index), (self.camera_info_topic, info_index)) if index is None]
         if missing:
             return f"no {' and no '.join(missing)} within the slop of its stamp"
         bag_time, depth_stamp = int(self.depth_times[depth_index]), int(self.depth_stamps[depth_index])
         depths = (deserialize_message(bytes(data), Image) for _, _, data in self.reader.messages([self.depth_connection], start=bag_time, stop=bag_time + 1))
-        depth = next(depth for depth in depths if _stamp_ns(depth.header) == depth_stamp)
+        depth = next(depth for depth in depths if stamp_ns(depth.header) == depth_stamp)
         try:
             return depth_data(msg, depth, self.infos[info_index])
         except ImageError as exc:
@@ -353,7 +347,7 @@ def index_depth_partners(reader: Reader, partner_reader: Reader, pairs: dict[str
             msg = deserialize_message(bytes(data), kind)
         except Exception:  # rclpy raises its own error types for a malformed CDR buffer
             continue
-        entries[connection.topic].append((_stamp_ns(msg.header), timestamp, msg if kind is CameraInfo else None))
+        entries[connection.topic].append((stamp_ns(msg.header), timestamp, msg if kind is CameraInfo else None))
     partner_connections = {c.topic: c for c in partner_reader.connections}
     partners = {}
     for image_topic, (depth_topic, info_topic) in pairs.items():
@@ -378,26 +372,6 @@ def storage_of(bag: Path) -> str:
         metadata = yaml.safe_load((bag / "metadata.yaml").read_text())
         return metadata["rosbag2_bagfile_information"]["storage_identifier"]
     return {".mcap": "mcap", ".db3": "sqlite3"}.get(bag.suffix, bag.suffix)
-
-
-def build_segmenter(model: str, weights: str, device: str, precision: str, short_edge: int, cer_topk: int, cpu_threads: int) -> tuple[Segmenter, str]:
-    """The model facade as the node configures it for these parameters; and a weights note."""
-    checkpoint = resolve_weights(model, weights)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and cpu_threads:
-        torch.set_num_threads(cpu_threads)  # default: all cores, no executor to leave one for
-    network = build_model(model, checkpoint)
-    digest = file_digest(checkpoint) if checkpoint is not None else "random"
-    segmenter = Segmenter(
-        network,
-        device=device,
-        precision=precision,
-        short_edge=short_edge,
-        text_cache=TextEmbeddingCache(default_cache_dir(), model, digest),
-        cer_topk=(cer_topk or None) if Segmenter.model_has_cer(network) else None,  # SED's; SAN has none
-    )
-    return segmenter, str(checkpoint) if checkpoint is not None else "RANDOM weights: labels are meaningless"
 
 
 def copy_connection(writer: Writer, connection: Connection, store) -> Connection:
@@ -533,7 +507,7 @@ def _prepare_frame(camera: Camera, timestamp: int, data: bytes, msg_type: type, 
             without_depth.append(f"{camera.topic} at bag time {timestamp}: {no_depth}")
     except ImageError as exc:
         return f"bad image: {exc}"
-    return PendingFrame(msg.header, timestamp, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, prepared)
+    return PendingFrame(msg.header, timestamp, stamp_ns(msg.header) * 1e-9, prepared)
 
 
 def read_vocabulary(names: list[str] | None, path: str | None) -> list[str]:
@@ -635,10 +609,12 @@ def main(argv: list[str] | None = None) -> int:
     staging = _prepare_out(args.out_bag, args.in_bag, args.overwrite)
     if staging is None:
         return EXIT_OUT_EXISTS
-    smoothing = args.smoothing if args.smoothing != "auto" else ("flow" if args.model.startswith("san_") else "none")
+    smoothing = smoothing_mode(args.smoothing, args.model)
 
     start = time.perf_counter()
-    segmenter, weights_note = build_segmenter(args.model, args.weights, args.device, args.precision, args.input_short_edge, args.cer_topk, args.cpu_threads)
+    # cpu_threads 0: torch's default, all cores (no executor here to leave one for).
+    segmenter, checkpoint = build_segmenter(args.model, args.weights, args.device, args.precision, args.input_short_edge, args.cer_topk, args.cpu_threads)
+    weights_note = str(checkpoint) if checkpoint is not None else "RANDOM weights: labels are meaningless"
     vocabularies = VocabularyManager(segmenter.encode_text)
     vocabulary = vocabularies.install(vocabularies.encode(read_vocabulary(args.vocabulary, args.vocabulary_file)))
     batches = segmenter.batches and smoothing == "none"
