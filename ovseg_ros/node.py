@@ -89,6 +89,8 @@ LOG_THROTTLE_S = 5.0
 # Frames (and camera_infos, depth images) that wait for their partners, as in image_transport's CameraSubscriber.
 CAMERA_INFO_SYNC_QUEUE = 10
 DIAGNOSTICS_PERIOD_S = 1.0
+# A new mask subscriber gets its masks within this (discovery itself takes longer).
+MASK_SUBSCRIBERS_REFRESH_S = 0.5
 PUBLISH_THREAD_NAME = "ovseg-publish"
 # Publishers and subscriptions made and destroyed while the executor spins get no QoS event
 # handlers: a handler destroyed while an executor thread builds its wait set raises
@@ -132,6 +134,10 @@ class ClassState:
     vocabulary: Vocabulary
     mask_topics: list[str]
     mask_publishers: dict[str, object] = field(default_factory=dict)  # topic token -> publisher
+    # Class ids whose mask topic has a subscriber, looked up at most every
+    # MASK_SUBSCRIBERS_REFRESH_S (frame callbacks only): not one lookup per class per frame.
+    subscribed_masks: tuple[int, ...] = ()
+    masks_checked_at: float = -float("inf")  # time.monotonic()
 
 
 class UnpairedFrames:
@@ -454,8 +460,12 @@ class OvsegNode(LifecycleNode):
 
         masks = ()
         if self._param("publish_masks"):
-            publishers = classes.mask_publishers
-            masks = tuple(i for i, topic in enumerate(classes.mask_topics) if publishers[topic].get_subscription_count() > 0)
+            now = time.monotonic()
+            if now - classes.masks_checked_at >= MASK_SUBSCRIBERS_REFRESH_S:
+                publishers = classes.mask_publishers
+                classes.subscribed_masks = tuple(i for i, topic in enumerate(classes.mask_topics) if publishers[topic].get_subscription_count() > 0)
+                classes.masks_checked_at = now
+            masks = classes.subscribed_masks
         return OutputRequest(
             color=wanted(self._color_pub, "publish_color"),
             overlay=wanted(self._overlay_pub, "publish_overlay"),
