@@ -10,9 +10,9 @@ it takes the newest frame once the model has taken the one it prepared), and who
 :meth:`FrameStream.next_result` (the node's publishing thread) waits for the download of
 frame N-1 and publishes it meanwhile. Throughput is the slowest stage's, not the sum.
 
-Latest-frame semantics hold at every hand-off: a frame waiting to be prepared, or prepared
-and waiting for the model, is replaced by a newer one (counted ``dropped``), so the model
-always starts on the newest frame. Model results are never dropped: the inference thread
+Latest-frame semantics hold at every hand-off: a frame waiting to be prepared is replaced
+by a newer one (counted ``dropped``), so the model starts on a frame at most one model run
+older than the newest (the one prepared while it ran). Model results are never dropped: the inference thread
 waits for the publisher to take the previous one. Every submitted frame is accounted for
 exactly once: the stream counts those it drops or never delivers (``dropped``,
 ``ignored``) in the :class:`~ovseg_ros.handoff.FrameStats` it is given; the caller counts
@@ -47,6 +47,7 @@ class FrameTicket:
     depth: DepthData | None = None
     received: float = 0.0  # time.perf_counter() at submit
     taken: float = 0.0  # ... when its decoding started
+    prepared: float = 0.0  # ... when it was ready for the model
     started: float = 0.0  # ... when the model started on it
 
 
@@ -62,12 +63,8 @@ class StreamResult:
     def queue_ms(self) -> float:
         """Time spent waiting in the hand-offs: arrival to decoding, and prepared to the model
         starting on it (the stages' own times are in the outputs' timings)."""
-        waited = (self.ticket.taken - self.ticket.received) + max(0.0, self.ticket.started - self.ticket.taken - self._prepare_s())
-        return max(0.0, waited) * 1000.0
-
-    def _prepare_s(self) -> float:
-        timings = self.outputs.timings_ms if self.outputs is not None else {}
-        return (timings.get("decode", 0.0) + timings.get("preprocess", 0.0)) / 1000.0
+        ticket = self.ticket
+        return max(0.0, (ticket.taken - ticket.received) + (ticket.started - ticket.prepared)) * 1000.0
 
 
 class FrameStream:
@@ -165,6 +162,7 @@ class FrameStream:
             except Exception as exc:  # bad pixels: the caller reports it
                 self._deliver(ticket, None, exc)
                 continue
+            ticket.prepared = time.perf_counter()
             outcome = self._prepared.put((ticket, prepared))
             if outcome == REPLACED:
                 self._stats.frame_dropped()
