@@ -16,11 +16,12 @@ Only what depends on the node's clock and threads is left to the node: ``queue_m
 from __future__ import annotations
 
 import numpy as np
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ovseg_ros.frame_pipeline import CompressedImageData, FrameOutputs, ImageData, RawImageData
+from ovseg_ros.frame_pipeline import CompressedImageData, DepthData, FrameOutputs, ImageData, RawImageData
 from ovseg_ros.image_codec import encode_image, message_bytes
 from ovseg_ros.msg import ClassMap, SegmentationInfo
+from ovseg_ros.point_cloud import intrinsics_from_camera_info
 from ovseg_ros.topic_names import mask_topic_names
 from ovseg_ros.vocabulary import Vocabulary
 
@@ -88,3 +89,14 @@ def class_map_msg(vocabulary: Vocabulary, stamp) -> ClassMap:
     msg.mask_topics = [f"segmentation/masks/{topic}" for topic in mask_topic_names(list(vocabulary.names))]
     msg.unlabeled_id = vocabulary.unlabeled_id
     return msg
+
+
+def depth_data(frame: Image | CompressedImage, depth: Image, camera_info: CameraInfo) -> DepthData:
+    """A colour frame's registered depth image and its intrinsics, for the FramePipeline.
+
+    A camera_info without a size describes the colour image (raw frames) or, registered, the
+    depth image's grid (compressed frames, whose size is unknown before decoding). Raises
+    :class:`ImageError` for an unusable camera_info.
+    """
+    width, height = (depth.width, depth.height) if isinstance(frame, CompressedImage) else (frame.width, frame.height)
+    return DepthData(raw_image_data(depth), intrinsics_from_camera_info(camera_info, width, height))

@@ -63,11 +63,11 @@ from ovseg_ros.frame_pipeline import FrameOutputs, FramePipeline, OutputRequest
 from ovseg_ros.frame_stream import INFERENCE_THREAD_NAME, FrameStream, FrameTicket, StreamResult
 from ovseg_ros.handoff import REFUSED, FrameStats, SerialWorker
 from ovseg_ros.image_codec import ImageError
-from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg, stamp_ns
+from ovseg_ros.messages import class_map_msg, depth_data, image_data, image_msg, info_msg, stamp_ns
 from ovseg_ros.models.checkpoint import CheckpointError
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.parameters import PARAMETERS, PARAMETERS_BY_NAME
-from ovseg_ros.point_cloud import depth_data, point_cloud_msg
+from ovseg_ros.point_cloud import point_cloud_msg
 from ovseg_ros.segmenter import Segmenter, build_segmenter
 from ovseg_ros.smoothing import TemporalSmoother, smoothing_mode
 from ovseg_ros.srv import SetVocabulary

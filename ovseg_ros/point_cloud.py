@@ -11,11 +11,9 @@ import sys
 
 import numpy as np
 from image_geometry import PinholeCameraModel
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 
-from ovseg_ros.frame_pipeline import DepthData
 from ovseg_ros.image_codec import message_bytes
-from ovseg_ros.messages import raw_image_data
 from ovseg_ros.points import POINT_DTYPE, PinholeIntrinsics
 
 _POINT_FIELD_TYPES = {np.dtype("<f4"): PointField.FLOAT32, np.dtype("<u2"): PointField.UINT16}
@@ -64,15 +62,3 @@ def intrinsics_from_camera_info(camera_info: CameraInfo, image_width: int, image
     intrinsics = PinholeIntrinsics(float(fx), float(fy), float(cx), float(cy), int(width), int(height))
     intrinsics.check()
     return intrinsics
-
-
-
-def depth_data(frame: Image | CompressedImage, depth: Image, camera_info: CameraInfo) -> DepthData:
-    """A colour frame's registered depth image and its intrinsics, for the FramePipeline.
-
-    A camera_info without a size describes the colour image (raw frames) or, registered, the
-    depth image's grid (compressed frames, whose size is unknown before decoding). Raises
-    :class:`ImageError` for an unusable camera_info.
-    """
-    width, height = (depth.width, depth.height) if isinstance(frame, CompressedImage) else (frame.width, frame.height)
-    return DepthData(raw_image_data(depth), intrinsics_from_camera_info(camera_info, width, height))

@@ -64,9 +64,9 @@ from tqdm import tqdm
 from ovseg_ros.bag import typestore
 from ovseg_ros.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest, PreparedFrame
 from ovseg_ros.image_codec import ImageError
-from ovseg_ros.messages import class_map_msg, image_data, image_msg, info_msg, stamp_ns
+from ovseg_ros.messages import class_map_msg, depth_data, image_data, image_msg, info_msg, stamp_ns
 from ovseg_ros.parameters import PARAMETERS_BY_NAME
-from ovseg_ros.point_cloud import depth_data, point_cloud_msg
+from ovseg_ros.point_cloud import point_cloud_msg
 from ovseg_ros.segmenter import Segmenter, build_segmenter
 from ovseg_ros.smoothing import TemporalSmoother, smoothing_mode
 from ovseg_ros.tools.harness import package_share
