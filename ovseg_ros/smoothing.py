@@ -23,9 +23,15 @@ The smoother resets (its output is the current scores, which become the state) w
 timestamp goes backwards, after a gap longer than ``max_gap_s``, and when the
 resolution, the class count, the vocabulary version or the device changes;
 :attr:`TemporalSmoother.last_reset_reason` says why.
+
+One smoother serves several cameras: each ``source`` (a camera's name) has a past of its
+own, so one camera's frames never blend into another's, while the settings (``strength``,
+``max_gap_s``, the mode) are shared and may be changed at run time.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,6 +51,16 @@ def smoothing_mode(setting: str, model: str) -> str:
     if setting != "auto":
         return setting
     return "flow" if model.startswith("san_") else "none"
+
+
+@dataclass
+class _Past:
+    """What one source's next frame is blended with."""
+
+    state: torch.Tensor  # (T, H, W) smoothed scores, on the scores' device
+    gray: np.ndarray | None  # (h, w) uint8 image at flow resolution (flow mode only)
+    stamp_s: float
+    key: tuple  # what must not change between blended frames (see TemporalSmoother.update)
 
 
 class TemporalSmoother:
@@ -105,14 +121,11 @@ class TemporalSmoother:
             # input is already downscaled; the finest level costs little at this size.
             self._dis.setFinestScale(0)
         self._base_grid: torch.Tensor | None = None
-        self.reset()
+        self._pasts: dict[str, _Past] = {}  # source -> its past
 
     def reset(self) -> None:
-        """Forget the past; the next :meth:`update` returns its scores unchanged."""
-        self._state: torch.Tensor | None = None  # (T, H, W) on the scores' device
-        self._gray: np.ndarray | None = None  # (h, w) uint8 previous image at flow resolution
-        self._stamp_s: float | None = None
-        self._key: tuple | None = None  # what must not change between blended frames
+        """Forget the past of every source; the next :meth:`update` of each returns its scores unchanged."""
+        self._pasts.clear()
 
     def update(
         self,
@@ -120,8 +133,9 @@ class TemporalSmoother:
         image_rgb: np.ndarray | None,
         stamp_s: float,
         vocabulary_version: int,
+        source: str = "",
     ) -> torch.Tensor:
-        """Smooth one frame.
+        """Smooth one frame of ``source``, with that source's past only.
 
         Args:
             scores: (T, H, W) float per-class scores of this frame, any device.
@@ -129,6 +143,7 @@ class TemporalSmoother:
                 ``flow`` mode (H', W' may differ from the scores': flow is resolution-free).
             stamp_s: the frame's timestamp in seconds.
             vocabulary_version: changes whenever the class list changes.
+            source: the camera the frame comes from; each source has a past of its own.
 
         Returns:
             (T, H, W) smoothed scores, same device and dtype as ``scores``. It is the new
@@ -145,28 +160,28 @@ class TemporalSmoother:
         gray = self._flow_gray(image_rgb) if self.mode == "flow" else None
         image_hw = None if image_rgb is None else image_rgb.shape[:2]
         key = (vocabulary_version, scores.shape[0], tuple(scores.shape[1:]), image_hw, scores.device)
-        reason = self._reset_reason(key, stamp_s)
-        self._key, self._stamp_s = key, stamp_s
+        past = self._pasts.get(source)
+        reason = self._reset_reason(past, key, stamp_s)
         if reason is not None:
             self.last_reset_reason = reason
-            self._state, self._gray = scores, gray
+            self._pasts[source] = _Past(scores, gray, stamp_s, key)
             return scores
 
-        past = self._state
+        state = past.state
         weight = self._confidence_factor(scores).mul_(self.strength)
         if self.mode == "flow":
-            past, reliability = self._warp(past, self._gray, gray)
+            state, reliability = self._warp(state, past.gray, gray)
             weight.mul_(reliability)
-        self._state = torch.lerp(scores, past.to(scores.dtype), weight.to(scores.dtype))
-        self._gray = gray
-        return self._state
+        smoothed = torch.lerp(scores, state.to(scores.dtype), weight.to(scores.dtype))
+        self._pasts[source] = _Past(smoothed, gray, stamp_s, key)
+        return smoothed
 
-    def _reset_reason(self, key: tuple, stamp_s: float) -> str | None:
-        """Why the state cannot be carried into a frame with ``key`` at ``stamp_s``, or None."""
-        if self._state is None:
+    def _reset_reason(self, past: _Past | None, key: tuple, stamp_s: float) -> str | None:
+        """Why ``past`` cannot be carried into a frame with ``key`` at ``stamp_s``, or None."""
+        if past is None:
             return "no previous state"
         version, classes, score_hw, image_hw, device = key
-        old_version, old_classes, old_score_hw, old_image_hw, old_device = self._key
+        old_version, old_classes, old_score_hw, old_image_hw, old_device = past.key
         if version != old_version:
             return f"vocabulary version changed ({old_version} -> {version})"
         if classes != old_classes:
@@ -175,7 +190,7 @@ class TemporalSmoother:
             return f"resolution changed (scores {old_score_hw} -> {score_hw}, image {old_image_hw} -> {image_hw})"
         if device != old_device:
             return f"device changed ({old_device} -> {device})"
-        gap = stamp_s - self._stamp_s
+        gap = stamp_s - past.stamp_s
         if gap < 0:
             return f"timestamp went backwards by {-gap:.3f} s"
         if gap > self.max_gap_s:

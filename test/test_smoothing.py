@@ -91,6 +91,48 @@ def test_reset_method_forgets_the_state():
     assert smoother.last_reset_reason == "no previous state"
 
 
+@pytest.mark.parametrize("mode", ["ema", "flow"])
+def test_each_source_blends_with_its_own_past(mode):
+    """Two cameras (of two resolutions) interleaved through one smoother give what two
+    smoothers give, one per camera; one shared past would blend them into each other."""
+    shared = TemporalSmoother(mode, flow_scale=0.5)
+    alone = {"front": TemporalSmoother(mode, flow_scale=0.5), "rear": TemporalSmoother(mode, flow_scale=0.5)}
+    sizes = {"front": (HEIGHT, WIDTH), "rear": (HEIGHT // 2, WIDTH // 2)}
+    for step in range(4):
+        for source, (height, width) in sizes.items():
+            scores = random_scores(2 * step + (source == "rear"), height=height, width=width)
+            image = textured_image(height, width, seed=step)
+            stamp_s = step * DT + (source == "rear") * 0.01
+            out = shared.update(scores, image, stamp_s, 0, source)
+            reason = shared.last_reset_reason
+            expected = alone[source].update(scores, image, stamp_s, 0)
+            assert torch.equal(out, expected) and reason == alone[source].last_reset_reason, (step, source)
+            assert (reason == "no previous state") == (step == 0), reason
+    mixed = TemporalSmoother(mode, flow_scale=0.5)
+    for step in range(2):  # one past for both: each frame resets on the other's resolution
+        for source, (height, width) in sizes.items():
+            mixed.update(random_scores(2 * step + (source == "rear"), height=height, width=width),
+                         textured_image(height, width, seed=step), step * DT, 0)
+            assert "resolution changed" in mixed.last_reset_reason or step == 0
+    shared.reset()
+    shared.update(random_scores(0), textured_image(HEIGHT, WIDTH), 10.0, 0, "front")
+    assert shared.last_reset_reason == "no previous state"
+    shared.update(random_scores(1, height=HEIGHT // 2, width=WIDTH // 2), textured_image(HEIGHT // 2, WIDTH // 2), 10.0, 0, "rear")
+    assert shared.last_reset_reason == "no previous state", "reset forgets every source"
+
+
+def test_sources_of_one_size_do_not_blend_into_each_other():
+    """Same resolution, interleaved stamps: a shared past would blend; a past per source does not."""
+    smoother = TemporalSmoother("ema", strength=1.0, confidence_gate=0.0)
+    front, rear = random_scores(0), random_scores(1)
+    smoother.update(front, None, 0.0, 0, "front")
+    assert smoother.update(rear, None, DT, 0, "rear") is rear and smoother.last_reset_reason == "no previous state"
+    # All weight on the past: each source's second frame is its own first frame.
+    assert torch.equal(smoother.update(random_scores(2), None, 2 * DT, 0, "front"), front)
+    assert torch.equal(smoother.update(random_scores(3), None, 3 * DT, 0, "rear"), rear)
+    assert smoother.last_reset_reason is None
+
+
 def test_invalid_arguments_raise():
     with pytest.raises(ValueError):
         TemporalSmoother("median")
