@@ -163,15 +163,16 @@ class Segmenter:
             return self.model(image, text_features)
 
     @torch.inference_mode()
-    def scores_batch(self, images: torch.Tensor, text_features: torch.Tensor) -> list[ClassScores]:
+    def scores_batch(self, images: torch.Tensor, text_features: torch.Tensor, cer_topk: int | None = None) -> list[ClassScores]:
         """Class scores of each of B preprocessed images (B, 3, H', W') of one size, from one
         pass of the model; each equals :meth:`scores` of that image alone (up to float rounding).
 
-        Raises ValueError for a model without batches (:attr:`batches`).
+        ``cer_topk``: CER's K for every image of the call, as in :meth:`scores`. Raises
+        ValueError for a model without batches (:attr:`batches`).
         """
         if not self.batches:
             raise ValueError(f"{self.model.variant} labels one image at a time (no forward_batch)")
-        self._begin_call(None)
+        self._begin_call(cer_topk)
         with self._autocast():
             return self.model.forward_batch(images, text_features)
 
