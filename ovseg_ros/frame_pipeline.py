@@ -24,9 +24,12 @@ A frame walks down through the stages, each called from here and in this order:
 :meth:`FramePipeline.process` runs the three in series; :class:`~ovseg_ros.frame_stream.FrameStream`
 runs them overlapped, on threads of their own. Both are the same frame path.
 :meth:`FramePipeline.infer_batch` (and :meth:`~FramePipeline.process_batch`) labels several
-frames of one size with one pass of the model, for offline labeling (SAN; SED goes frame by frame). On the CPU the
-same code runs with tensors that share memory with numpy arrays, no copies, and the
-renderer's cv2 paths.
+frames with one vocabulary and one CER K, one pass of the model per model input size (SAN
+whole, SED's CLIP tower), each frame with its own requested outputs: the node's frames
+waiting from several cameras, and offline labeling. Each frame names its camera
+(``source`` of :meth:`~FramePipeline.prepare`), whose temporal smoothing past is its own.
+On the CPU the same code runs with tensors that share memory with numpy arrays, no
+copies, and the renderer's cv2 paths.
 """
 
 from __future__ import annotations
@@ -179,17 +182,28 @@ class StageClock:
 class PinnedRing:
     """Page-locked host buffers, reused: a fresh ``pin_memory()`` per frame costs more than
     the copy. ``slot`` picks one of ``size`` sets, so buffers of frames still in use are
-    not overwritten."""
+    not overwritten.
 
-    def __init__(self, size: int) -> None:
+    A set keeps a buffer per shape and dtype of each name, so cameras of several resolutions
+    taking turns reuse their own buffers; at most ``shapes`` per name and slot, the least
+    recently used making room (vocabularies of ever new class counts do not pile up).
+    """
+
+    def __init__(self, size: int, shapes: int = 8) -> None:
         self.size = size
-        self._buffers: dict[tuple, torch.Tensor] = {}
+        self.shapes = shapes
+        self._buffers: dict[tuple, dict[tuple, torch.Tensor]] = {}  # (slot, name) -> (shape, dtype) -> buffer, oldest use first
 
     def buffer(self, slot: int, name: str, like: torch.Tensor) -> torch.Tensor:
-        key = (slot % self.size, name)
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype:
-            buffer = self._buffers[key] = torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
+        """A pinned buffer shaped and typed like ``like`` for ``name`` of ``slot``."""
+        buffers = self._buffers.setdefault((slot % self.size, name), {})
+        key = (tuple(like.shape), like.dtype)
+        buffer = buffers.pop(key, None)
+        if buffer is None:
+            if len(buffers) >= self.shapes:
+                del buffers[next(iter(buffers))]
+            buffer = torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
+        buffers[key] = buffer  # now the most recently used
         return buffer
 
 
@@ -204,6 +218,7 @@ class PreparedFrame:
     ready: torch.cuda.Event | None  # CUDA: the upload stream's work for this frame is queued before it
     depth: torch.Tensor | None = None  # (H_d, W_d) uint16 mm or float32 m on the device
     intrinsics: PinholeIntrinsics | None = None
+    source: str = ""  # the camera: its frames are smoothed with its own past
 
 
 @dataclass
@@ -233,7 +248,8 @@ class FramePipeline:
         segmenter: the model facade (device, precision, CER).
         vocabularies: whose :attr:`~VocabularyManager.current` vocabulary labels each frame,
             read once per frame.
-        smoother: temporal smoothing of the coarse scores (mode ``"none"`` to switch it off).
+        smoother: temporal smoothing of the coarse scores (mode ``"none"`` to switch it off),
+            a past per camera (``source``).
         palette: class colours, ``"name"`` or ``"index"`` (see :mod:`ovseg_ros.rendering`).
         min_score: pixels whose best score is below this are unlabeled.
         latency_budget_ms: with CER (the segmenter's ``cer_topk``), lower K while the model's
@@ -241,8 +257,9 @@ class FramePipeline:
         torch_rendering: render with torch ops (None: on CUDA only; on the CPU cv2 is faster,
             but a machine without OpenCV can render with torch there too).
 
-    :meth:`prepare` is called from one thread at a time and :meth:`infer` from one thread at
-    a time (they may be two different threads); :meth:`finish` from any.
+    :meth:`prepare` is called from one thread at a time and :meth:`infer` (and
+    :meth:`infer_batch`) from one thread at a time (they may be two different threads);
+    :meth:`finish` from any.
     """
 
     def __init__(
@@ -279,9 +296,9 @@ class FramePipeline:
     # -- stages ---------------------------------------------------------------------
 
     @torch.inference_mode()
-    def prepare(self, image: ImageData, depth: DepthData | None = None) -> PreparedFrame:
-        """Decode ``image`` (and ``depth``) and queue the upload and resize. Raises
-        :class:`ImageError` for bad pixels or depth."""
+    def prepare(self, image: ImageData, depth: DepthData | None = None, source: str = "") -> PreparedFrame:
+        """Decode ``image`` (and ``depth``) of camera ``source`` and queue the upload and resize.
+        Raises :class:`ImageError` for bad pixels or depth."""
         clock = StageClock(self.device)
         start = time.perf_counter()
         with stage("decode"):
@@ -300,7 +317,7 @@ class FramePipeline:
                 model_input = self.segmenter.preprocess(pixels)
             clock.mark("preprocess")
             device_depth = torch.from_numpy(depth_pixels) if depth_pixels is not None else None
-            return PreparedFrame(rgb, pixels, model_input, clock, None, device_depth, intrinsics)
+            return PreparedFrame(rgb, pixels, model_input, clock, None, device_depth, intrinsics, source)
 
         slot = self._frames_prepared % 2
         self._frames_prepared += 1
@@ -322,25 +339,12 @@ class FramePipeline:
             clock.mark("preprocess", self._upload_stream)
             ready = torch.cuda.Event()
             ready.record(self._upload_stream)
-        return PreparedFrame(rgb, pixels, model_input, clock, ready, device_depth, intrinsics)
+        return PreparedFrame(rgb, pixels, model_input, clock, ready, device_depth, intrinsics, source)
 
     @torch.inference_mode()
     def infer(self, prepared: PreparedFrame, stamp_s: float, request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None) -> InferredFrame:
         """Label ``prepared`` with ``vocabulary`` (default: the current one) and queue its outputs' download."""
-        vocabulary = vocabulary or self.vocabularies.current
-        if vocabulary is None:
-            raise PipelineError("no vocabulary is installed")
-        slot = self._frames_inferred
-        self._frames_inferred += 1
-        if not self._cuda:
-            return self._infer_on_device(prepared, vocabulary, stamp_s, request, slot)
-        with torch.cuda.stream(self._compute_stream):
-            self._wait_for_upload(prepared)
-            prepared.clock.mark("wait", self._compute_stream)
-            inferred = self._infer_on_device(prepared, vocabulary, stamp_s, request, slot)
-            inferred.done = torch.cuda.Event()
-            inferred.done.record(self._compute_stream)
-        return inferred
+        return self.infer_batch([prepared], [stamp_s], [request], vocabulary)[0]
 
     def finish(self, inferred: InferredFrame) -> FrameOutputs:
         """The frame's outputs once its downloads have completed, with its stage times."""
@@ -387,37 +391,35 @@ class FramePipeline:
 
     @torch.inference_mode()
     def infer_batch(
-        self, prepared: list[PreparedFrame], stamps_s: list[float], request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None
+        self, prepared: list[PreparedFrame], stamps_s: list[float], requests: list[OutputRequest], vocabulary: Vocabulary | None = None
     ) -> list[InferredFrame]:
-        """:meth:`infer` of each frame, in order, with one call of the model for all of them
-        where the model batches (:attr:`Segmenter.batches`: SAN in one pass, SED's CLIP tower)
-        — for offline labeling.
+        """:meth:`infer` of each frame (``requests``: one per frame), with one pass of the model
+        per model input size where the model batches (:attr:`Segmenter.batches`: SAN whole,
+        SED's CLIP tower): the frames waiting from several cameras, or a run of one camera's.
 
-        The outputs equal :meth:`infer`'s of each frame in turn (labels identical). Frames go
-        through one at a time, in order, where a batch could not give that: a model without
-        batches, temporal smoothing on (each frame blends the one before it) or a CER
-        latency budget (it adapts K per frame). In a batch each frame's ``model`` time is the
-        whole batch's pass.
+        Every frame of the call is labeled with the same vocabulary (``vocabulary``, default
+        the current one, read once) and CER's K (:attr:`cer_topk`, read once). The frames are
+        grouped by model input size, one pass per group in order of first appearance (a group
+        of one frame, and every frame of a model without batches, has a pass of its own);
+        temporal smoothing then runs on each frame in input order, each camera
+        (``PreparedFrame.source``) with its own past. So the outputs, returned in input order,
+        equal those of :meth:`infer` of each frame in turn (labels identical). A frame's
+        ``model`` time is its group's whole pass (what a CER latency budget observes).
 
-        Raises ValueError unless every frame has the same model input size (one camera's
-        frames) and a stamp per frame.
+        Raises ValueError unless there is a stamp and a request per frame.
         """
-        if len(stamps_s) != len(prepared):
-            raise ValueError(f"{len(prepared)} frames but {len(stamps_s)} stamps")
-        sizes = sorted({tuple(frame.model_input.shape[-2:]) for frame in prepared})
-        if len(sizes) > 1:
-            raise ValueError(f"a batch needs frames of one model input size, got {sizes}")
+        if not len(stamps_s) == len(requests) == len(prepared):
+            raise ValueError(f"{len(prepared)} frames, {len(stamps_s)} stamps and {len(requests)} requests")
         vocabulary = vocabulary or self.vocabularies.current
         if vocabulary is None:
             raise PipelineError("no vocabulary is installed")
-        if len(prepared) < 2 or not self.segmenter.batches or self.smoother.mode != "none" or (self.cer_budget is not None and self.cer_budget.budget_ms > 0):
-            return [self.infer(frame, stamp_s, request, vocabulary) for frame, stamp_s in zip(prepared, stamps_s)]
+        cer_topk = self.cer_topk
         if not self._cuda:
-            return self._infer_batch_on_device(prepared, vocabulary, stamps_s, request)
+            return self._infer_batch_on_device(prepared, vocabulary, stamps_s, requests, cer_topk)
         with torch.cuda.stream(self._compute_stream):
             for frame in prepared:
                 self._wait_for_upload(frame)
-            inferred = self._infer_batch_on_device(prepared, vocabulary, stamps_s, request)
+            inferred = self._infer_batch_on_device(prepared, vocabulary, stamps_s, requests, cer_topk)
             done = torch.cuda.Event()
             done.record(self._compute_stream)
         for frame in inferred:
@@ -425,13 +427,13 @@ class FramePipeline:
         return inferred
 
     def process_batch(
-        self, images: list[ImageData], stamps_s: list[float], request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None
+        self, images: list[ImageData], stamps_s: list[float], requests: list[OutputRequest], vocabulary: Vocabulary | None = None
     ) -> list[FrameOutputs]:
-        """:meth:`process` of each image, with one pass of the model (see :meth:`infer_batch`).
-        Raises :class:`ImageError` if any image cannot be decoded (callers that skip bad
-        frames alone prepare each one themselves, as ``label_bag`` does)."""
+        """:meth:`process` of each image (one request each), the model's passes batched as in
+        :meth:`infer_batch`. Raises :class:`ImageError` if any image cannot be decoded (callers
+        that skip bad frames alone prepare each one themselves, as ``label_bag`` does)."""
         prepared = [self.prepare(image) for image in images]
-        return [self.finish(inferred) for inferred in self.infer_batch(prepared, stamps_s, request, vocabulary)]
+        return [self.finish(inferred) for inferred in self.infer_batch(prepared, stamps_s, requests, vocabulary)]
 
     def warm_up(self, vocabulary: Vocabulary, height: int = 480, width: int = 640) -> float:
         """One black frame through every stage (allocator, kernel selection); wall ms."""
@@ -470,36 +472,53 @@ class FramePipeline:
             if tensor is not None:
                 tensor.record_stream(self._compute_stream)
 
-    def _infer_on_device(self, prepared: PreparedFrame, vocabulary: Vocabulary, stamp_s: float, request: OutputRequest, slot: int) -> InferredFrame:
-        cer_topk = self.cer_topk
-        scores = self.segmenter.scores(prepared.model_input, vocabulary.text_features, cer_topk)
-        prepared.clock.mark("model")
-        return self._label_on_device(prepared, scores, vocabulary, stamp_s, request, slot, cer_topk)
-
-    def _infer_batch_on_device(self, prepared: list[PreparedFrame], vocabulary: Vocabulary, stamps_s: list[float], request: OutputRequest) -> list[InferredFrame]:
+    def _infer_batch_on_device(
+        self, prepared: list[PreparedFrame], vocabulary: Vocabulary, stamps_s: list[float], requests: list[OutputRequest], cer_topk: int | None
+    ) -> list[InferredFrame]:
         first_slot = self._frames_inferred
         self._frames_inferred += len(prepared)
         if self._cuda:  # every frame of the batch has its outputs alive until it is finished
             self._downloads.size = max(self._downloads.size, len(prepared) + OUTPUT_RING - 1)
-        for frame in prepared:
-            frame.clock.mark("wait")  # since its preprocessing: the frames prepared after it
-        images = torch.cat([frame.model_input for frame in prepared]).contiguous(memory_format=self.segmenter.memory_format)
-        batch_scores = self.segmenter.scores_batch(images, vocabulary.text_features)
-        for frame in prepared:
-            frame.clock.mark("model")  # the whole batch's pass, for each frame
-        inferred = []
-        for index, (frame, scores, stamp_s) in enumerate(zip(prepared, batch_scores, stamps_s)):
-            frame.clock.mark("wait")  # the frames before it in the batch being postprocessed
-            inferred.append(self._label_on_device(frame, scores, vocabulary, stamp_s, request, first_slot + index, self.cer_topk))
+        groups: dict[object, list[int]] = {}  # frame indices of one model pass, in order of first appearance
+        for index, frame in enumerate(prepared):
+            groups.setdefault(tuple(frame.model_input.shape[-2:]) if self.segmenter.batches else index, []).append(index)
+        # Smoothing blends each camera's frames in input order; without it a group is labeled
+        # right after its pass.
+        order = range(len(prepared)) if self.smoother.mode != "none" else [index for indices in groups.values() for index in indices]
+        passes = iter(groups.values())
+        held: dict[int, ClassScores] = {}  # scores of the frames not labeled yet
+        inferred: list[InferredFrame | None] = [None] * len(prepared)
+        for index in order:
+            if index not in held:  # its group's pass, the next one, has not run yet
+                # The next pass (its CUDA graphs) may overwrite the outputs of those before: a
+                # frame still to be labeled keeps its coarse map, all that smoothing labels from.
+                held = {i: scores.with_coarse(scores.coarse()) for i, scores in held.items()}
+                indices = next(passes)
+                held.update(zip(indices, self._model_pass([prepared[i] for i in indices], vocabulary, cer_topk)))
+            inferred[index] = self._label_on_device(prepared[index], held.pop(index), vocabulary, stamps_s[index], requests[index], first_slot + index, cer_topk)
         return inferred
+
+    def _model_pass(self, prepared: list[PreparedFrame], vocabulary: Vocabulary, cer_topk: int | None) -> list[ClassScores]:
+        """Scores of each of ``prepared`` (frames of one model input size) from one call of the model."""
+        for frame in prepared:
+            frame.clock.mark("wait")  # since its preprocessing: the frames prepared after it, passes before its own
+        if len(prepared) == 1:
+            scores = [self.segmenter.scores(prepared[0].model_input, vocabulary.text_features, cer_topk)]
+        else:
+            images = torch.cat([frame.model_input for frame in prepared]).contiguous(memory_format=self.segmenter.memory_format)
+            scores = self.segmenter.scores_batch(images, vocabulary.text_features, cer_topk)
+        for frame in prepared:
+            frame.clock.mark("model")  # the whole pass, for each frame
+        return scores
 
     def _label_on_device(
         self, prepared: PreparedFrame, scores: ClassScores, vocabulary: Vocabulary, stamp_s: float, request: OutputRequest, slot: int, cer_topk: int | None
     ) -> InferredFrame:
+        prepared.clock.mark("wait")  # the frames before it in the batch being postprocessed
         smoothing_reset = None
         if self.smoother.mode != "none":
             with stage("smoothing"):
-                coarse = self.smoother.update(scores.coarse(), prepared.rgb, stamp_s, vocabulary.version)
+                coarse = self.smoother.update(scores.coarse(), prepared.rgb, stamp_s, vocabulary.version, prepared.source)
                 smoothing_reset = self.smoother.last_reset_reason
                 scores = scores.with_coarse(coarse)
         with stage("postprocess"):

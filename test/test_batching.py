@@ -1,5 +1,6 @@
-"""Batched labeling (offline): SAN's batch pass, FramePipeline.infer_batch and label_bag --batch
-give the outputs of one frame at a time."""
+"""Batched labeling: SAN's batch pass, FramePipeline.infer_batch (frames of several cameras and
+sizes, each with its own request and smoothing past, one vocabulary and one CER K a call) and
+label_bag --batch give the outputs of one frame at a time."""
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from ovseg_ros.vocabulary import VocabularyManager
 from test_label_bag import COMPRESSED_TOPIC, INFO_TOPIC, OFFLINE_ARGS, RAW_TOPIC, compressed_frame, raw_frame, read_bag, write_bag
 
 VOCABULARY = ["wall", "floor", "box"]
+CLASSES = ["wall", "floor", "box", "door", "window", "chair", "table", "lamp"]
 HEIGHT, WIDTH = 60, 80
 
 
@@ -49,6 +51,25 @@ def frames(count: int, height: int = HEIGHT, width: int = WIDTH) -> list[RawImag
     return [RawImageData("rgb8", height, width, width * 3, synthetic_frame(index, height, width).tobytes()) for index in range(count)]
 
 
+@pytest.fixture
+def passes(monkeypatch):
+    """The model calls of the pipelines, in order: the number of images of each."""
+    calls = []
+    one, batch = Segmenter.scores, Segmenter.scores_batch
+
+    def scores(self, image, text_features, cer_topk=None):
+        calls.append(1)
+        return one(self, image, text_features, cer_topk)
+
+    def scores_batch(self, images, text_features, cer_topk=None):
+        calls.append(len(images))
+        return batch(self, images, text_features, cer_topk)
+
+    monkeypatch.setattr(Segmenter, "scores", scores)
+    monkeypatch.setattr(Segmenter, "scores_batch", scores_batch)
+    return calls
+
+
 def make_pipeline(model: str, smoothing: str = "none") -> FramePipeline:
     segmenter = Segmenter(build_model(model), short_edge=HEIGHT)
     vocabularies = VocabularyManager(segmenter.encode_text)
@@ -68,11 +89,12 @@ def assert_same_outputs(batched, alone):
         assert got.smoothing_reset == expected.smoothing_reset
 
 
-def test_process_batch_equals_process_frame_by_frame():
+def test_process_batch_equals_process_frame_by_frame(passes):
     pipeline = make_pipeline("san_tiny_dev")
     images, stamps = frames(4), [0.1 * i for i in range(4)]
     request = OutputRequest(color=True, confidence=True)
-    batched = pipeline.process_batch(images, stamps, request)
+    batched = pipeline.process_batch(images, stamps, [request] * 4)
+    assert passes == [4]
     alone = [pipeline.process(image, stamp, request) for image, stamp in zip(images, stamps)]
     assert_same_outputs(batched, alone)
     unlabeled = [np.mean(outputs.labels == 255) for outputs in alone]
@@ -84,26 +106,75 @@ def test_a_batch_of_one_model_input_size_may_mix_image_sizes():
     """48 x 64 and 60 x 80 both reach the model at 60 x 80; each is labeled at its own size."""
     pipeline = make_pipeline("san_tiny_dev")
     images = frames(2) + frames(1, 48, 64)
-    batched = pipeline.process_batch(images, [0.0, 0.1, 0.2])
+    batched = pipeline.process_batch(images, [0.0, 0.1, 0.2], [OutputRequest()] * 3)
     assert_same_outputs(batched, [pipeline.process(image, 0.0) for image in images])
     assert batched[2].labels.shape == (48, 64)
 
 
-def test_a_batch_of_mixed_sizes_is_refused():
+def test_frames_of_several_model_input_sizes_are_grouped_one_pass_per_size(passes):
+    """Three cameras: 60 x 80 (model 60 x 80), 90 x 160 (model 60 x 107) and 48 x 64 (60 x 80
+    too), interleaved: one pass per model input size, in order of first appearance, each
+    frame's outputs those of it alone, in the input's order."""
     pipeline = make_pipeline("san_tiny_dev")
-    prepared = [pipeline.prepare(image) for image in frames(1) + frames(1, 90, 160)]
-    with pytest.raises(ValueError, match="one model input size"):
-        pipeline.infer_batch(prepared, [0.0, 0.1])
+    small, wide, smaller = frames(3), frames(2, 90, 160), frames(1, 48, 64)
+    images = [small[0], wide[0], small[1], smaller[0], wide[1], small[2]]
+    request = OutputRequest(color=True, confidence=True)
+    batched = pipeline.process_batch(images, [0.1 * i for i in range(6)], [request] * 6)
+    assert passes == [4, 2], "the 60 x 80 frames first (first seen), then the 60 x 107 ones"
+    alone = [pipeline.process(image, 0.0, request) for image in images]
+    assert passes[2:] == [1] * 6
+    assert_same_outputs(batched, alone)
+    assert [outputs.labels.shape for outputs in batched] == [(60, 80), (90, 160), (60, 80), (48, 64), (90, 160), (60, 80)]
+    pipeline.process_batch([wide[0], small[0]], [0.0, 0.1], [request] * 2)
+    assert passes[8:] == [1, 1], "a size of one frame: a pass of its own"
+
+
+def test_a_batch_needs_a_stamp_and_a_request_per_frame():
+    pipeline = make_pipeline("san_tiny_dev")
+    prepared = [pipeline.prepare(image) for image in frames(2)]
     with pytest.raises(ValueError, match="stamps"):
-        pipeline.infer_batch(prepared[:1], [0.0, 0.1])
+        pipeline.infer_batch(prepared, [0.0], [OutputRequest()] * 2)
+    with pytest.raises(ValueError, match="requests"):
+        pipeline.infer_batch(prepared, [0.0, 0.1], [OutputRequest()])
 
 
-def test_frames_go_one_at_a_time_with_smoothing_on():
-    """Smoothing blends each frame into the next: in order, frame by frame."""
-    batched_pipeline, alone_pipeline = make_pipeline("san_tiny_dev", "ema"), make_pipeline("san_tiny_dev", "ema")
-    images, stamps = frames(3), [0.1 * i for i in range(3)]
-    batched = batched_pipeline.process_batch(images, stamps)
-    assert_same_outputs(batched, [alone_pipeline.process(image, stamp) for image, stamp in zip(images, stamps)])
+def test_each_frame_gets_the_outputs_it_asked_for(passes):
+    pipeline = make_pipeline("san_tiny_dev")
+    version = pipeline.vocabularies.current.version
+    requests = [OutputRequest(color=True), OutputRequest(masks=(0, 2), masks_version=version), OutputRequest(confidence=True, overlay=True)]
+    batched = pipeline.process_batch(frames(3), [0.0, 0.1, 0.2], requests)
+    assert passes == [3]
+    colored, masked, rest = batched
+    assert colored.color is not None and colored.overlay is None and colored.confidence is None and colored.masks == {}
+    assert masked.color is None and masked.overlay is None and masked.confidence is None and sorted(masked.masks) == [0, 2]
+    assert np.array_equal(masked.masks[2], np.where(masked.labels == 2, 255, 0).astype(np.uint8))
+    assert rest.color is None and rest.overlay is not None and rest.confidence is not None and rest.masks == {}
+    for outputs, image, request in zip(batched, frames(3), requests):
+        alone = pipeline.process(image, 0.0, request)
+        assert np.array_equal(outputs.labels, alone.labels) and np.array_equal(outputs.overlay, alone.overlay)
+
+
+def test_smoothing_on_each_camera_blends_its_own_frames_in_one_pass(passes):
+    """Two cameras (two sizes) interleaved, three frames each, in one call with ema smoothing:
+    two passes, and each camera's outputs those of a pipeline of its own, frame by frame."""
+    batched_pipeline = make_pipeline("san_tiny_dev", "ema")
+    front, rear = frames(3), frames(3, 90, 160)
+    images = [image for pair in zip(front, rear) for image in pair]
+    sources = ["front", "rear"] * 3
+    stamps = [0.1 * (i // 2) + 0.01 * (i % 2) for i in range(6)]
+    prepared = [batched_pipeline.prepare(image, source=source) for image, source in zip(images, sources)]
+    batched = [batched_pipeline.finish(inferred) for inferred in batched_pipeline.infer_batch(prepared, stamps, [OutputRequest(color=True)] * 6)]
+    assert passes == [3, 3]
+    alone = {"front": make_pipeline("san_tiny_dev", "ema"), "rear": make_pipeline("san_tiny_dev", "ema")}
+    expected = [alone[source].process(image, stamp, OutputRequest(color=True)) for image, source, stamp in zip(images, sources, stamps)]
+    assert_same_outputs(batched, expected)
+    assert [outputs.smoothing_reset for outputs in batched] == ["no previous state"] * 2 + [None] * 4
+    shared = make_pipeline("san_tiny_dev", "ema")  # one past for both cameras: each frame resets
+    mixed = [shared.process(image, stamp) for image, stamp in zip(images, stamps)]
+    assert all("resolution changed" in outputs.smoothing_reset for outputs in mixed[1:])
+    smoothed = [outputs for outputs in batched[2:]]
+    unsmoothed = [make_pipeline("san_tiny_dev").process(image, 0.0) for image in images[2:]]
+    assert any(not np.array_equal(a.labels, b.labels) for a, b in zip(smoothed, unsmoothed)), "smoothing changes labels"
 
 
 def test_sed_batches_its_clip_tower_and_decodes_each_image_with_its_own_cer():
@@ -115,9 +186,66 @@ def test_sed_batches_its_clip_tower_and_decodes_each_image_with_its_own_cer():
         pipeline.min_score = 0.0  # SED's scores are probabilities: the labels are the argmax
     assert batched_pipeline.segmenter.batches
     images, stamps = frames(3), [0.1 * i for i in range(3)]
-    batched = batched_pipeline.process_batch(images, stamps)
+    batched = batched_pipeline.process_batch(images, stamps, [OutputRequest()] * 3)
     assert_same_outputs(batched, [alone_pipeline.process(image, stamp) for image, stamp in zip(images, stamps)])
     assert all(outputs.cer_topk == 1 for outputs in batched)
+
+
+def test_smoothing_follows_the_input_order_across_passes(passes):
+    """A camera whose resolution changes within a call: smoothed in input order (each change
+    restarts it), not in the order of the passes (which would blend its first and third frame)."""
+    pipeline = make_pipeline("san_tiny_dev", "ema")
+    images = [frames(1)[0], frames(1, 90, 160)[0], frames(2)[1]]
+    stamps = [0.0, 0.1, 0.2]
+    prepared = [pipeline.prepare(image, source="zoom") for image in images]
+    batched = [pipeline.finish(inferred) for inferred in pipeline.infer_batch(prepared, stamps, [OutputRequest()] * 3)]
+    assert passes == [2, 1]
+    alone = make_pipeline("san_tiny_dev", "ema")
+    assert_same_outputs(batched, [alone.process(image, stamp) for image, stamp in zip(images, stamps)])
+    assert batched[0].smoothing_reset == "no previous state"
+    assert all("resolution changed" in outputs.smoothing_reset for outputs in batched[1:])
+
+
+def test_a_cer_budget_gives_every_frame_of_a_call_one_k(passes):
+    """A budget no frame meets lowers K after two frames over it (p95 of a window of 30): the
+    frames of one call all run at the K of its start, the next call at the lowered one."""
+    pipeline, fixed = make_pipeline("sed_tiny_dev"), make_pipeline("sed_tiny_dev")
+    pipeline.min_score = fixed.min_score = 0.0
+    pipeline.vocabularies.install(pipeline.vocabularies.encode(CLASSES))
+    fixed.vocabularies.install(fixed.vocabularies.encode(CLASSES))
+    pipeline.set_cer_topk(4)
+    pipeline.set_latency_budget(1e-6)
+    images, stamps = frames(3), [0.1 * i for i in range(3)]
+    first = pipeline.process_batch(images, stamps, [OutputRequest()] * 3)
+    assert [outputs.cer_topk for outputs in first] == [4, 4, 4] and pipeline.segmenter.model.cer_topk == 4
+    assert pipeline.cer_topk == 2
+    second = pipeline.process_batch(images, stamps, [OutputRequest()] * 3)
+    assert [outputs.cer_topk for outputs in second] == [2, 2, 2] and pipeline.segmenter.model.cer_topk == 2, "the model ran at the call's K"
+    assert passes == [3, 3]
+    for topk, batched in ((4, first), (2, second)):
+        fixed.set_cer_topk(topk)
+        assert_same_outputs(batched, [fixed.process(image, stamp) for image, stamp in zip(images, stamps)])
+
+
+def test_one_vocabulary_labels_every_frame_of_a_call(monkeypatch):
+    """A vocabulary installed while a call runs (here: by its first model pass) labels the
+    next call; every frame of this one carries the vocabulary read at its start."""
+    pipeline = make_pipeline("san_tiny_dev")
+    before = pipeline.vocabularies.current
+    one = Segmenter.scores_batch
+
+    def install_during_the_pass(self, images, text_features, cer_topk=None):
+        if pipeline.vocabularies.current is before:
+            pipeline.vocabularies.install(pipeline.vocabularies.encode(["sky", "road"]))
+        return one(self, images, text_features, cer_topk)
+
+    monkeypatch.setattr(Segmenter, "scores_batch", install_during_the_pass)
+    images = frames(2) + frames(2, 90, 160)  # two passes: the new vocabulary is in before the second
+    batched = pipeline.process_batch(images, [0.0, 0.1, 0.2, 0.3], [OutputRequest()] * 4)
+    assert pipeline.vocabularies.current is not before
+    assert all(outputs.vocabulary is before for outputs in batched) and {len(outputs.pixel_fractions) for outputs in batched} == {3}
+    after = pipeline.process_batch(images, [0.4, 0.5, 0.6, 0.7], [OutputRequest()] * 4)
+    assert all(outputs.vocabulary is pipeline.vocabularies.current and outputs.vocabulary.version == before.version + 1 for outputs in after)
 
 
 def test_label_bag_batches_give_the_bag_of_one_frame_at_a_time(tmp_path, capsys, monkeypatch):
@@ -126,9 +254,9 @@ def test_label_bag_batches_give_the_bag_of_one_frame_at_a_time(tmp_path, capsys,
     batch_sizes = []
     batch_pass = Segmenter.scores_batch
 
-    def recorded_batch_pass(self, images, text_features):
+    def recorded_batch_pass(self, images, text_features, cer_topk=None):
         batch_sizes.append(len(images))
-        return batch_pass(self, images, text_features)
+        return batch_pass(self, images, text_features, cer_topk)
 
     monkeypatch.setattr(Segmenter, "scores_batch", recorded_batch_pass)
     truncated = raw_frame(3)

@@ -123,6 +123,27 @@ def test_smoothing_runs_on_the_coarse_scores(segmenter):
     assert after_gap.smoothing_reset.startswith("gap of") and np.all(after_gap.labels != 255)
 
 
+def test_each_camera_is_smoothed_with_its_own_past(segmenter):
+    """One pipeline, two cameras: the black camera's frame is not held back by the white one's
+    past (all weight on the past would make it unlabeled, as above), but by its own."""
+    vocabularies = VocabularyManager(segmenter.encode_text)
+    vocabularies.install(vocabularies.encode(["wall", "floor", "box"]))
+    pipeline = FramePipeline(segmenter, vocabularies, TemporalSmoother("ema", strength=1.0, confidence_gate=0.0), min_score=1.85)
+    white, black = np.full_like(RGB, 255), np.zeros_like(RGB)
+
+    def process(rgb, stamp_s, source):
+        prepared = pipeline.prepare(raw(rgb), source=source)
+        assert prepared.source == source
+        return pipeline.finish(pipeline.infer(prepared, stamp_s))
+
+    assert np.all(process(white, 0.0, "left").labels == 255)
+    right = process(black, 0.05, "right")
+    assert right.smoothing_reset == "no previous state" and np.all(right.labels != 255)
+    assert np.all(process(black, 0.1, "left").labels == 255), "left blends with its own (white) past"
+    again = process(white, 0.1, "right")
+    assert again.smoothing_reset is None and np.all(again.labels != 255), "right blends with its own (black) past"
+
+
 # -- FrameStream ------------------------------------------------------------------------
 
 

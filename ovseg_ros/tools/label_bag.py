@@ -449,7 +449,7 @@ def label_bag(
 
             def label_batch(camera: Camera) -> None:
                 frames, camera.batch = camera.batch, []
-                inferred = camera.pipeline.infer_batch([frame.prepared for frame in frames], [frame.stamp_s for frame in frames], request)
+                inferred = camera.pipeline.infer_batch([frame.prepared for frame in frames], [frame.stamp_s for frame in frames], [request] * len(frames))
                 for frame, frame_inferred in zip(frames, inferred):
                     camera.write(frame.place, frame.timestamp, frame.header, camera.pipeline.finish(frame_inferred), model)
                     ordered.release(frame.place)
