@@ -5,6 +5,7 @@
     python -m ovseg_ros.tools.bench text --model sed_convnext_base --vocab ade150
     python -m ovseg_ros.tools.bench node --model sed_convnext_base [--long]
     python -m ovseg_ros.tools.bench all            # model, then node, in one run
+    python -m ovseg_ros.tools.bench cameras --model sed_tiny_dev --cameras 1 2 4   # one node batching N cameras vs N nodes
 
 ``model``: per-stage latency of one frame through the
 :class:`~ovseg_ros.frame_pipeline.FramePipeline` (labels only, no smoothing) for every
@@ -369,7 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     add_node_arguments(node)
     everything = commands.add_parser("all", parents=[common, model], help="model, then node: the whole suite in one run")
     add_node_arguments(everything)
+    cameras = commands.add_parser("cameras", parents=[common], help="N cameras: one node batching them vs one node per camera (ovseg_ros.tools.bench_cameras)")
+    cameras.add_argument("--cameras", nargs="+", type=int, default=[1, 2, 4], help="numbers of cameras N")
+    cameras.add_argument("--image", default="640x480", help="camera image WIDTHxHEIGHT")
+    cameras.add_argument("--camera-hz", type=float, default=30.0, help="each camera's frame rate (faster than the model: saturated)")
+    cameras.add_argument("--seconds", type=float, default=20.0, help="measured window per (N, mode)")
+    cameras.add_argument("--warmup", type=float, default=3.0, help="seconds after every camera's first answer, before the window")
+    cameras.add_argument("--log-dir", type=Path, default=Path("out/bench_cameras"), help="node logs")
     args = parser.parse_args(argv)
+    if args.command == "cameras":
+        from ovseg_ros.tools.bench_cameras import bench_cameras  # needs ROS 2
+
+        return bench_cameras(args)
     if args.command == "text":
         return bench_text(args)
     if args.command == "pipeline":
