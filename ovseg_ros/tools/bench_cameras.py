@@ -60,6 +60,7 @@ class Settings:
     model: str
     device: str
     weights: str
+    precision: str
     width: int
     height: int
     camera_hz: float
@@ -165,7 +166,7 @@ class CameraRun:
     def start(self) -> None:
         s = self.settings
         common = {"model": s.model, "device": s.device, "weights": s.weights}
-        extra = ["-p", f"vocabulary:=[{', '.join(VOCABULARY)}]"] + (["-p", f"cpu_threads:={s.cpu_threads}"] if s.cpu_threads else [])
+        extra = ["-p", f"vocabulary:=[{', '.join(VOCABULARY)}]", "-p", f"precision:={s.precision}"] + (["-p", f"cpu_threads:={s.cpu_threads}"] if s.cpu_threads else [])
         # A reliable input subscription: the figures are about the node, not about frames
         # that best-effort transport drops before they reach it.
         reliable = {name: ["-p", f"qos_overrides.{prefix}/image.subscription.reliability:=reliable"] for name, prefix in self.topics.items()}
@@ -340,11 +341,11 @@ def bench_cameras(args: argparse.Namespace) -> int:
     """``bench cameras``: print the set-up, the table and the ratios."""
     width, height = (int(v) for v in args.image.lower().split("x"))
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    settings = Settings(args.model, device, args.weights, width, height, args.camera_hz, args.seconds, args.warmup, args.threads, args.log_dir)
+    settings = Settings(args.model, device, args.weights, args.precision, width, height, args.camera_hz, args.seconds, args.warmup, args.threads, args.log_dir)
     for name, value in isolated_ros_environment(args.log_dir.resolve() / "ros_home").items():
         os.environ.setdefault(name, value)  # a caller's (the tests') isolation wins
     load = os.getloadavg()[0]
-    print(f"several cameras, one model: {args.model} on {device}, {width}x{height} frames at {args.camera_hz:g} Hz per camera, "
+    print(f"several cameras, one model: {args.model} on {device} ({args.precision}), {width}x{height} frames at {args.camera_hz:g} Hz per camera, "
           f"reliable QoS, label + info subscribed, {args.warmup:g} s warm-up, {args.seconds:g} s measured per row")
     print(f"machine: {machine_description(torch.device(device))} (this process); torch {torch.__version__}; "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit_description()}; load average {load:.2f} at start")
