@@ -21,6 +21,7 @@ from ovseg_ros.msg import ClassMap, SegmentationInfo
 
 from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout
 from ros2_cli import LaunchProcess, in_graph, param_get, ros2, shell, show_args, subscriptions_of, wait_until_active
+from test_node_cameras import THREE_CAMERA_LAUNCH
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 
@@ -45,7 +46,7 @@ def readme_ros2_commands() -> list[str]:
 
 
 def test_readme_shows_exactly_the_commands_tested_here():
-    assert sorted(readme_ros2_commands()) == sorted([LAUNCH, SHOW_ARGS, BAG_PLAY, SET_VOCABULARY, PARAM_SET])
+    assert sorted(readme_ros2_commands()) == sorted([LAUNCH, SHOW_ARGS, BAG_PLAY, SET_VOCABULARY, PARAM_SET, THREE_CAMERA_LAUNCH])
 
 
 def test_show_args_command():
