@@ -1,22 +1,32 @@
-"""A live camera stream through a :class:`~ovseg_ros.frame_pipeline.FramePipeline`, overlapped.
+"""Live camera streams through one :class:`~ovseg_ros.frame_pipeline.FramePipeline`, overlapped and batched.
 
-    stream = FrameStream(pipeline, stats)
-    stream.submit(FrameTicket(image, stamp_s, request, tag))      # never blocks
-    result = stream.next_result(timeout=0.5)                     # in the publishing thread
+    stream = FrameStream(pipeline, {"front": front_stats, "rear": rear_stats}, max_batch=4)
+    stream.submit(FrameTicket(image, stamp_s, request, tag, camera="front"))   # never blocks
+    result = stream.next_result(timeout=0.5)                                  # in the publishing thread
 
-The pipeline's three stages run on three threads: ``ovseg-prepare`` decodes and uploads
-frame N+1 while ``ovseg-inference`` runs the model on frame N (one frame ahead, no more:
-it takes the newest frame once the model has taken the one it prepared), and whoever calls
-:meth:`FrameStream.next_result` (the node's publishing thread) waits for the download of
-frame N-1 and publishes it meanwhile. Throughput is the slowest stage's, not the sum.
+The pipeline's three stages run on three threads: ``ovseg-prepare`` decodes and uploads the
+next frames while ``ovseg-inference`` runs the model, and whoever calls
+:meth:`FrameStream.next_result` (the node's publishing thread) waits for the downloads of
+the frames before and publishes them meanwhile. Throughput is the slowest stage's, not the sum.
 
-Latest-frame semantics hold at every hand-off: a frame waiting to be prepared is replaced
-by a newer one (counted ``dropped``), so the model starts on a frame at most one model run
-older than the newest (the one prepared while it ran). Model results are never dropped: the inference thread
-waits for the publisher to take the previous one. Every submitted frame is accounted for
-exactly once: the stream counts those it drops or never delivers (``dropped``,
-``ignored``) in the :class:`~ovseg_ros.handoff.FrameStats` it is given; the caller counts
-the outcome of every :class:`StreamResult` it receives.
+Each camera keeps latest-frame semantics of its own: a frame waiting to be prepared is
+replaced by a newer one of its camera (counted ``dropped`` for that camera), and each camera
+has at most one frame prepared ahead of the model (a frame prepared while another of its
+camera waits would be replaced unused, its decode taking CPU from the model). So the model
+starts on a frame at most one model pass older than its camera's newest.
+
+One model pass takes the prepared frames of up to ``max_batch`` cameras, labeled as one
+batch (:meth:`FramePipeline.infer_batch`: one vocabulary and one CER K for all of them).
+Cameras are served in turn, the one served longest ago first, both in preparing and in
+filling a batch, so under overload every camera gets its share. A pass waits at most
+``batch_wait_s`` for a camera whose frame is already being prepared, and never for a camera
+with no frame: a slow or silent camera does not hold up the others.
+
+Model results are never dropped: the inference thread waits for the publisher to take the
+previous one. Every submitted frame is accounted for exactly once: the stream counts those
+it drops or never delivers (``dropped``, ``ignored``) in its camera's
+:class:`~ovseg_ros.handoff.FrameStats`; the caller counts the outcome of every
+:class:`StreamResult` it receives.
 """
 
 from __future__ import annotations
@@ -25,9 +35,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Mapping
 
 from .frame_pipeline import DepthData, FramePipeline, FrameOutputs, ImageData, InferredFrame, OutputRequest, PreparedFrame
-from .handoff import REFUSED, REPLACED, FrameStats, LatestFrameSlot
+from .handoff import REFUSED, CameraSlots, FrameStats
 
 INFERENCE_THREAD_NAME = "ovseg-inference"
 PREPARE_THREAD_NAME = "ovseg-prepare"
@@ -37,18 +48,21 @@ POLL_S = 0.5  # how often idle threads look at the stop flag
 @dataclass
 class FrameTicket:
     """A frame and what travels with it: its stamp, the outputs wanted, the caller's ``tag``
-    (opaque here: the node keeps the message header and its activation in it), and its
-    registered depth image, if any."""
+    (opaque here: the node keeps the message header and its activation in it), its
+    registered depth image, if any, and the camera it comes from."""
 
     image: ImageData
     stamp_s: float
     request: OutputRequest
     tag: object = None
     depth: DepthData | None = None
+    camera: str = ""
     received: float = 0.0  # time.perf_counter() at submit
     taken: float = 0.0  # ... when its decoding started
     prepared: float = 0.0  # ... when it was ready for the model
     started: float = 0.0  # ... when the model started on it
+    model_pass: int = 0  # the stream's count of model passes, this frame's (frames batched together share it)
+    batch_size: int = 0  # frames in that pass
 
 
 @dataclass
@@ -68,24 +82,41 @@ class StreamResult:
 
 
 class FrameStream:
-    """Runs ``pipeline`` on a stream of frames, its stages overlapped; see the module docstring.
+    """Runs ``pipeline`` on the frames of ``cameras``, its stages overlapped and several
+    cameras' frames batched; see the module docstring.
 
     Args:
         pipeline: the frame path.
-        stats: where dropped and undelivered frames are counted.
-        max_rate_hz: start the model on at most this many frames per second (0: no limit).
-        added_model_delay_s: for tests only: seconds added to every frame's inference, as if the
+        cameras: the cameras' names (a ticket's ``camera``), each with where its dropped and
+            undelivered frames are counted.
+        max_rate_hz: start at most this many model passes per second (0: no limit); a pass
+            takes at most one frame per camera.
+        max_batch: frames (of as many cameras) in one model pass; 1: frame by frame.
+        batch_wait_s: how long a pass waits for a camera whose frame is being prepared.
+        added_model_delay_s: for tests only: seconds added to every model pass, as if the
             model were slower, so that transitions can be provoked while a frame is in flight.
     """
 
-    def __init__(self, pipeline: FramePipeline, stats: FrameStats, max_rate_hz: float = 0.0, *, added_model_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        pipeline: FramePipeline,
+        cameras: Mapping[str, FrameStats],
+        max_rate_hz: float = 0.0,
+        max_batch: int = 1,
+        batch_wait_s: float = 0.0,
+        *,
+        added_model_delay_s: float = 0.0,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.pipeline = pipeline
         self.max_rate_hz = max_rate_hz
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
         self._added_model_delay_s = added_model_delay_s
-        self._stats = stats
-        self._incoming: LatestFrameSlot[FrameTicket] = LatestFrameSlot()
-        self._prepared: LatestFrameSlot[tuple[FrameTicket, PreparedFrame]] = LatestFrameSlot()
+        self._slots: CameraSlots = CameraSlots(cameras)
         self._results: queue.Queue[tuple[FrameTicket, InferredFrame | None, Exception | None]] = queue.Queue(maxsize=1)
+        self._model_passes = 0
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._prepare_loop, name=PREPARE_THREAD_NAME, daemon=True),
@@ -95,13 +126,11 @@ class FrameStream:
             thread.start()
 
     def submit(self, ticket: FrameTicket) -> str:
-        """Hand a frame in without waiting: QUEUED, REPLACED (a waiting frame was dropped for
-        it, and counted) or REFUSED (closed; the caller counts it)."""
+        """Hand a frame in without waiting: QUEUED, REPLACED (its camera's waiting frame was
+        dropped for it, and counted) or REFUSED (closed; the caller counts it). Raises
+        KeyError for a camera the stream was not made for."""
         ticket.received = time.perf_counter()
-        outcome = self._incoming.put(ticket)
-        if outcome == REPLACED:
-            self._stats.frame_dropped()
-        return outcome
+        return self._slots.put(ticket.camera, ticket)
 
     def next_result(self, timeout: float | None = None) -> StreamResult | None:
         """The next frame out, waiting up to ``timeout`` s (None on timeout).
@@ -120,25 +149,23 @@ class FrameStream:
             return StreamResult(ticket, None, exc)
 
     def discard_waiting(self) -> int:
-        """Drop the frames not yet started by the model (e.g. on deactivate); how many."""
-        return int(self._incoming.discard()) + int(self._prepared.discard())
+        """Drop the frames not yet started by the model (e.g. on deactivate), counted ``ignored``; how many."""
+        return self._slots.discard()
 
     def close(self, timeout: float) -> bool:
-        """Stop taking frames and end the threads, waiting up to ``timeout`` s for the frame
+        """Stop taking frames and end the threads, waiting up to ``timeout`` s for the frames
         in flight; frames never delivered are counted ``ignored``. True if both threads ended."""
         self._stop.set()
-        undelivered = int(self._incoming.close()) + int(self._prepared.close())
+        self._slots.close()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         while True:
             try:
-                self._results.get_nowait()
+                ticket, _, _ = self._results.get_nowait()
             except queue.Empty:
                 break
-            undelivered += 1
-        for _ in range(undelivered):
-            self._stats.frame_ignored()
+            self._slots.stats(ticket.camera).frame_ignored()
         return not self.is_alive()
 
     def is_alive(self) -> bool:
@@ -149,45 +176,59 @@ class FrameStream:
 
     def _prepare_loop(self) -> None:
         while not self._stop.is_set():
-            # One frame ahead of the model, no more: a frame prepared while another waits for
-            # the model would be replaced unused, and its decode would take CPU from the model.
-            if not self._prepared.wait_until_empty(timeout=POLL_S):
+            taken = self._slots.take_to_prepare(timeout=POLL_S)
+            if taken is None:
                 continue
-            ticket = self._incoming.take(timeout=POLL_S)
-            if ticket is None:
-                continue
+            _, ticket = taken
             ticket.taken = time.perf_counter()
             try:
-                prepared = self.pipeline.prepare(ticket.image, ticket.depth)
+                prepared = self.pipeline.prepare(ticket.image, ticket.depth, ticket.camera)
             except Exception as exc:  # bad pixels: the caller reports it
+                self._slots.put_prepared(ticket.camera, None)
                 self._deliver(ticket, None, exc)
                 continue
             ticket.prepared = time.perf_counter()
-            outcome = self._prepared.put((ticket, prepared))
-            if outcome == REPLACED:
-                self._stats.frame_dropped()
-            elif outcome == REFUSED:
-                self._stats.frame_ignored()
+            if self._slots.put_prepared(ticket.camera, (ticket, prepared)) == REFUSED:
+                self._slots.stats(ticket.camera).frame_ignored()
 
     def _inference_loop(self) -> None:
         last_start = -float("inf")
         while not self._stop.is_set():
-            # Wait before taking, so the frame taken is the newest; a stop ends the wait.
+            # Wait before taking, so the frames taken are the newest; a stop ends the wait.
             if self.max_rate_hz > 0 and self._stop.wait(max(0.0, last_start + 1.0 / self.max_rate_hz - time.perf_counter())):
                 break
-            taken = self._prepared.take(timeout=POLL_S)
-            if taken is None:
+            batch = self._slots.take_batch(self.max_batch, self.batch_wait_s, timeout=POLL_S)
+            if not batch:
                 continue
-            ticket, prepared = taken
-            ticket.started = last_start = time.perf_counter()
-            try:
-                inferred = self.pipeline.infer(prepared, ticket.stamp_s, ticket.request)
-            except Exception as exc:
-                self._deliver(ticket, None, exc)
-                continue
-            if self._added_model_delay_s:
-                self._stop.wait(self._added_model_delay_s)
-            self._deliver(ticket, inferred, None)
+            last_start = time.perf_counter()
+            self._model_passes += 1
+            for ticket, _ in batch:
+                ticket.started, ticket.model_pass, ticket.batch_size = last_start, self._model_passes, len(batch)
+            for ticket, inferred, error in self._infer(batch):
+                self._deliver(ticket, inferred, error)
+
+    def _infer(self, batch: list[tuple[FrameTicket, PreparedFrame]]) -> list[tuple[FrameTicket, InferredFrame | None, Exception | None]]:
+        """One model pass over ``batch``, with one vocabulary; if it fails, each frame alone,
+        so one camera's bad frame costs the others nothing."""
+        vocabulary = self.pipeline.vocabularies.current
+        tickets = [ticket for ticket, _ in batch]
+        try:
+            inferred = self.pipeline.infer_batch(
+                [prepared for _, prepared in batch], [ticket.stamp_s for ticket in tickets], [ticket.request for ticket in tickets], vocabulary
+            )
+            results = [(ticket, frame, None) for ticket, frame in zip(tickets, inferred)]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(tickets[0], None, exc)]
+            results = []
+            for ticket, prepared in batch:
+                try:
+                    results.append((ticket, self.pipeline.infer(prepared, ticket.stamp_s, ticket.request, vocabulary), None))
+                except Exception as frame_exc:
+                    results.append((ticket, None, frame_exc))
+        if self._added_model_delay_s:
+            self._stop.wait(self._added_model_delay_s)
+        return results
 
     def _deliver(self, ticket: FrameTicket, inferred: InferredFrame | None, error: Exception | None) -> None:
         """Queue a frame for the caller, waiting while the previous one is not taken; a frame
@@ -198,4 +239,4 @@ class FrameStream:
                 return
             except queue.Full:
                 continue
-        self._stats.frame_ignored()
+        self._slots.stats(ticket.camera).frame_ignored()

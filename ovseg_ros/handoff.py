@@ -1,69 +1,149 @@
-"""Hand-off of camera frames from the ROS executor to the inference worker."""
+"""Hand-offs of camera frames from the ROS executor to the model, frame counters, a serial worker."""
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Mapping, TypeVar
 
 Frame = TypeVar("Frame")
 
-#: What :meth:`LatestFrameSlot.put` did with a frame.
+#: What :meth:`CameraSlots.put` did with a frame.
 QUEUED, REPLACED, REFUSED = "queued", "replaced", "refused"
 
 
-class LatestFrameSlot(Generic[Frame]):
-    """A queue of length one that keeps only the newest frame.
+class _Camera(Generic[Frame]):
+    """One camera's frames between arrival and the model (guarded by :class:`CameraSlots`)."""
 
-    The executor ``put``s every incoming frame without ever blocking; the worker ``take``s
-    the newest one when it is free. A frame replaced before it was taken is dropped: under
-    load the node answers the newest frame instead of a stale backlog. The caller counts
-    (see :class:`FrameStats`) from what ``put``, ``discard`` and ``close`` return.
+    def __init__(self, stats: FrameStats) -> None:
+        self.stats = stats
+        self.incoming: Frame | None = None  # the newest frame not yet being prepared
+        self.preparing = False
+        self.prepared: Frame | None = None
+        self.prepare_turn = 0  # when it was last prepared / served: the least recent goes first
+        self.serve_turn = 0
+
+    @property
+    def pending(self) -> bool:
+        """A frame is on its way to the model but not prepared yet."""
+        return self.prepared is None and (self.incoming is not None or self.preparing)
+
+
+class CameraSlots(Generic[Frame]):
+    """Latest-frame hand-offs of several cameras, from the executor to the model, fair to each.
+
+    Each camera has two slots of one frame: ``incoming`` (the executor ``put``s every frame
+    there without ever blocking; a frame not yet taken is replaced by its camera's next one,
+    which drops it, counted in the camera's :class:`FrameStats`) and ``prepared`` (decoded and
+    uploaded, waiting for the model). The preparing thread takes a camera's frame only while
+    that camera has none prepared, so each camera is at most one frame ahead of the model;
+    the model takes prepared frames of several cameras at once. Both serve the camera served
+    longest ago first: under overload no camera is starved. One condition guards every
+    camera, so the threads can wait for any of them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Mapping[str, FrameStats]) -> None:
+        if not stats:
+            raise ValueError("no cameras")
         self._condition = threading.Condition()
-        self._frame: Frame | None = None
+        self._cameras = {name: _Camera(camera_stats) for name, camera_stats in stats.items()}
+        self._turns = 0
         self._closed = False
 
-    def put(self, frame: Frame) -> str:
-        """QUEUED; REPLACED when a frame not yet taken was dropped for it; REFUSED once closed."""
+    def stats(self, camera: str) -> FrameStats:
+        return self._cameras[camera].stats
+
+    def put(self, camera: str, frame: Frame) -> str:
+        """QUEUED; REPLACED when the camera's waiting frame was dropped for it (and counted
+        ``dropped``); REFUSED once closed. KeyError for an unknown camera."""
+        slots = self._cameras[camera]
         with self._condition:
             if self._closed:
                 return REFUSED
-            replaced, self._frame = self._frame is not None, frame
-            self._condition.notify()
-            return REPLACED if replaced else QUEUED
-
-    def take(self, timeout: float | None = None) -> Frame | None:
-        """The newest frame, waiting up to ``timeout`` s; None on timeout or after :meth:`close`."""
-        with self._condition:
-            self._condition.wait_for(lambda: self._frame is not None or self._closed, timeout)
-            frame, self._frame = self._frame, None
-            self._condition.notify_all()  # whoever waits until it is empty
-            return frame
-
-    def wait_until_empty(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` s until the waiting frame is taken (or discarded, or the slot
-        closed); True if the slot is empty."""
-        with self._condition:
-            return self._condition.wait_for(lambda: self._frame is None or self._closed, timeout) and self._frame is None
-
-    def discard(self) -> bool:
-        """Drop the waiting frame, if any (it was never taken); True if there was one."""
-        with self._condition:
-            frame, self._frame = self._frame, None
+            replaced, slots.incoming = slots.incoming is not None, frame
             self._condition.notify_all()
-            return frame is not None
+        if replaced:
+            slots.stats.frame_dropped()
+        return REPLACED if replaced else QUEUED
 
-    def close(self) -> bool:
-        """Refuse further frames and wake the worker so it can exit; True if a waiting frame was discarded."""
+    def take_to_prepare(self, timeout: float | None = None) -> tuple[str, Frame] | None:
+        """(camera, its newest frame) of the camera prepared longest ago among those with a frame
+        and none prepared, waiting up to ``timeout`` s; None on timeout or once closed. Then
+        :meth:`put_prepared` must follow for that camera."""
+        with self._condition:
+            def ready() -> list[str]:
+                return [name for name, slots in self._cameras.items() if slots.incoming is not None and slots.prepared is None and not slots.preparing]
+
+            if not self._condition.wait_for(lambda: ready() or self._closed, timeout) or self._closed:
+                return None
+            camera = min(ready(), key=lambda name: self._cameras[name].prepare_turn)
+            slots = self._cameras[camera]
+            frame, slots.incoming, slots.preparing = slots.incoming, None, True
+            slots.prepare_turn = self._next_turn()
+            return camera, frame
+
+    def put_prepared(self, camera: str, frame: Frame | None) -> str:
+        """The camera's frame taken by :meth:`take_to_prepare`, prepared (None: its preparation
+        failed); QUEUED, or REFUSED once closed (the caller counts it)."""
+        slots = self._cameras[camera]
+        with self._condition:
+            slots.preparing = False
+            if frame is not None and not self._closed:
+                slots.prepared = frame
+            self._condition.notify_all()
+            return REFUSED if self._closed else QUEUED
+
+    def take_batch(self, max_batch: int, batch_wait_s: float, timeout: float | None = None) -> list[Frame]:
+        """Prepared frames of up to ``max_batch`` cameras, those served longest ago first.
+
+        Waits up to ``timeout`` s for the first; then, up to ``batch_wait_s`` more, for the
+        cameras whose frame is on its way (arrived or being prepared), never for a camera with
+        none. [] on timeout or once closed.
+        """
+        with self._condition:
+            def ready() -> list[_Camera]:
+                return [slots for slots in self._cameras.values() if slots.prepared is not None]
+
+            if not self._condition.wait_for(lambda: ready() or self._closed, timeout) or self._closed:
+                return []
+            deadline = time.monotonic() + batch_wait_s
+            while not self._closed and len(ready()) < max_batch and any(slots.pending for slots in self._cameras.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._condition.wait(left)
+            batch = sorted(ready(), key=lambda slots: slots.serve_turn)[:max_batch]
+            frames = []
+            for slots in batch:
+                frames.append(slots.prepared)
+                slots.prepared, slots.serve_turn = None, self._next_turn()
+            self._condition.notify_all()
+            return frames
+
+    def discard(self) -> int:
+        """Drop the frames the model has not taken (not one being prepared), each counted
+        ``ignored`` for its camera; how many."""
+        with self._condition:
+            dropped = []
+            for slots in self._cameras.values():
+                dropped += [slots.stats] * ((slots.incoming is not None) + (slots.prepared is not None))
+                slots.incoming = slots.prepared = None
+            self._condition.notify_all()
+        for stats in dropped:
+            stats.frame_ignored()
+        return len(dropped)
+
+    def close(self) -> int:
+        """Refuse further frames, wake the waiting threads so they can exit, and :meth:`discard`."""
         with self._condition:
             self._closed = True
-            self._condition.notify_all()
-            frame, self._frame = self._frame, None
-            return frame is not None
+        return self.discard()
+
+    def _next_turn(self) -> int:
+        self._turns += 1
+        return self._turns
 
 
 class FrameStats:
@@ -73,12 +153,13 @@ class FrameStats:
     ``dropped`` (replaced in the slot by a newer one), ``failed`` (an error), or ``ignored``
     (arrived or finished while the node was not active: nothing is published then);
     until then it is ``in_flight``. Rates are measured over the window since the last
-    :meth:`snapshot`.
+    :meth:`snapshot`. A camera's stats count into its ``parent`` too: the node's totals.
     """
 
     OUTCOMES = ("processed", "dropped", "failed", "ignored")
 
-    def __init__(self, window: int = 200) -> None:
+    def __init__(self, window: int = 200, parent: FrameStats | None = None) -> None:
+        self.parent = parent
         self._lock = threading.Lock()
         self._window = window
         self._latencies_ms: list[float] = []
@@ -87,11 +168,15 @@ class FrameStats:
         self._snapshot_time: float | None = None
 
     def frame_received(self) -> None:
+        if self.parent is not None:
+            self.parent.frame_received()
         with self._lock:
             self._counts["received"] += 1
             self._since_snapshot["received"] += 1
 
     def frame_processed(self, latency_ms: float) -> None:
+        if self.parent is not None:
+            self.parent.frame_processed(latency_ms)
         with self._lock:
             self._counts["processed"] += 1
             self._since_snapshot["processed"] += 1
@@ -108,6 +193,8 @@ class FrameStats:
         self._count("ignored")
 
     def _count(self, outcome: str) -> None:
+        if self.parent is not None:
+            self.parent._count(outcome)
         with self._lock:
             self._counts[outcome] += 1
 

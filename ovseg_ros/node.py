@@ -1,6 +1,7 @@
 """The ``ovseg`` ROS 2 lifecycle node: camera images in, open-vocabulary segmentation out.
 
-Topics (relative to the node's namespace):
+Topics (relative to the node's namespace; with the ``cameras`` parameter, each camera's in and
+out topics are under its name: front/image, front/segmentation/label, ...):
     image (sensor_msgs/Image) or image/compressed   in, sensor-data QoS (QoS overrides allowed)
     camera_info (sensor_msgs/CameraInfo)            in, optional (use_camera_info, use_depth), paired to frames by stamp
     depth (sensor_msgs/Image)                       in, optional (use_depth): 16UC1 mm or 32FC1 m, registered to the image
@@ -11,9 +12,9 @@ Topics (relative to the node's namespace):
     segmentation/camera_info                        the frame's own camera_info, with the output header
     segmentation/points (sensor_msgs/PointCloud2)   use_depth: x, y, z, rgb, score, label per valid depth pixel
     segmentation/info (ovseg_ros/SegmentationInfo)  per frame: vocabulary version, fractions, latency
-    segmentation/label_info (ovseg_ros/ClassMap)    class id -> name, transient local
+    segmentation/label_info (ovseg_ros/ClassMap)    class id -> name, transient local (one for all cameras)
     segmentation/vision_label_info (vision_msgs/LabelInfo)  the same for vision_msgs users
-    /diagnostics (diagnostic_msgs/DiagnosticArray)  rates, drops, latency, device, errors (diagnostic_updater)
+    /diagnostics (diagnostic_msgs/DiagnosticArray)  rates, drops, latency, device, errors (diagnostic_updater); per camera too
 Services:
     ~/set_vocabulary (ovseg_ros/SetVocabulary)      replace / add / remove classes at runtime
 
@@ -26,7 +27,9 @@ the ROS-free :class:`~ovseg_ros.frame_pipeline.FramePipeline` and its outputs ba
 messages; frames go through a :class:`~ovseg_ros.frame_stream.FrameStream` (decode/upload,
 model and publishing overlapped, latest-frame hand-offs), so the executor never waits for
 the model and a slow model answers the newest frame rather than a backlog; one publishing
-thread takes its results. Vocabulary changes are encoded on a worker of their own, one at a
+thread takes its results. Several cameras share the one model: frames waiting from several
+of them go through it as one batch (``max_batch``), each camera with latest-frame semantics
+and counters of its own, served in turn. Vocabulary changes are encoded on a worker of their own, one at a
 time, never on an executor thread. Bad input is logged
 (throttled), counted in diagnostics and skipped; the node keeps serving. SIGINT or SIGTERM
 starts one orderly shutdown; more of them during it change nothing.
@@ -40,6 +43,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import rclpy
@@ -71,7 +75,7 @@ from ovseg_ros.point_cloud import point_cloud_msg
 from ovseg_ros.segmenter import Segmenter, build_segmenter
 from ovseg_ros.smoothing import TemporalSmoother, smoothing_mode
 from ovseg_ros.srv import SetVocabulary
-from ovseg_ros.topic_names import mask_topic_names
+from ovseg_ros.topic_names import camera_prefixes, mask_topic_names
 from ovseg_ros.vocabulary import (
     Vocabulary,
     VocabularyError,
@@ -128,16 +132,23 @@ class FrameTag(NamedTuple):
 
 
 @dataclass
+class CameraMasks:
+    """A camera's per-class mask publishers of one vocabulary."""
+
+    publishers: dict[str, object] = field(default_factory=dict)  # topic token -> publisher
+    # Class ids whose mask topic has a subscriber, looked up at most every
+    # MASK_SUBSCRIBERS_REFRESH_S (that camera's frame callbacks only): not one lookup per class per frame.
+    subscribed: tuple[int, ...] = ()
+    checked_at: float = -float("inf")  # time.monotonic()
+
+
+@dataclass
 class ClassState:
-    """The node's side of a vocabulary (topics, publishers), swapped in as one unit with it."""
+    """The node's side of a vocabulary (topics, each camera's mask publishers), swapped in as one unit with it."""
 
     vocabulary: Vocabulary
     mask_topics: list[str]
-    mask_publishers: dict[str, object] = field(default_factory=dict)  # topic token -> publisher
-    # Class ids whose mask topic has a subscriber, looked up at most every
-    # MASK_SUBSCRIBERS_REFRESH_S (frame callbacks only): not one lookup per class per frame.
-    subscribed_masks: tuple[int, ...] = ()
-    masks_checked_at: float = -float("inf")  # time.monotonic()
+    masks: dict[str, CameraMasks]  # camera name -> its mask publishers
 
 
 class UnpairedFrames:
@@ -171,18 +182,41 @@ class UnpairedFrames:
         self._waiting.clear()
 
 
+@dataclass
+class CameraIO:
+    """One camera of the ``cameras`` parameter: its frame counters and output publishers (one configuration's)."""
+
+    name: str
+    prefix: str  # of its topics: "front/" (front/image, front/segmentation/label), "" for the node's own
+    stats: FrameStats
+    unpaired: UnpairedFrames
+    label_pub: object = None
+    color_pub: object = None
+    overlay_pub: object = None
+    confidence_pub: object = None
+    info_pub: object = None
+    camera_info_pub: object = None
+    points_pub: object = None
+
+    @property
+    def diagnostics_name(self) -> str:
+        return f"camera {self.name}" if self.name else "camera"
+
+
 class OvsegNode(LifecycleNode):
     """Segments every camera frame into the classes of the current vocabulary."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__("ovseg", **kwargs)
         self._declare_parameters()
-        self._stats = FrameStats()
+        self._stats = FrameStats()  # every camera's frames
+        self._camera_stats: dict[str, FrameStats] = {}  # camera name -> its own, over the node's life
+        self._camera_unpaired: dict[str, UnpairedFrames] = {}  # camera name -> its frames without partners, over the node's life
+        self._cameras: dict[str, CameraIO] = {}  # this configuration's
         self._vocabularies = VocabularyManager()  # versions count over the node's life
         self._pipeline: FramePipeline | None = None
         self._stream: FrameStream | None = None
         self._classes: ClassState | None = None
-        self._unpaired_frames = UnpairedFrames(CAMERA_INFO_SYNC_QUEUE)
         self._active = False
         self._publisher_thread: threading.Thread | None = None
         self._stop = threading.Event()  # tells the publishing thread to exit
@@ -246,6 +280,7 @@ class OvsegNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._unconfigured = False
         try:
+            prefixes = camera_prefixes(list(self._param("cameras")))  # before the model loads: a typo fails at once
             pipeline = self._build_pipeline()
             vocabulary = self._vocabularies.encode(self._param("vocabulary"))
             self.get_logger().info(f"warm-up frame: {pipeline.warm_up(vocabulary):.0f} ms")
@@ -257,8 +292,20 @@ class OvsegNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._configure_error = None
         self._stop = threading.Event()
-        # Before the image subscription exists.
-        self._stream = FrameStream(pipeline, self._stats, self._param("max_rate_hz"), added_model_delay_s=TEST_FRAME_DELAY_S)
+        self._cameras = {}
+        for name, prefix in zip(self._param("cameras"), prefixes):
+            unpaired = self._camera_unpaired.setdefault(name, UnpairedFrames(CAMERA_INFO_SYNC_QUEUE))
+            unpaired.forget_waiting()  # a new synchronizer starts with an empty queue
+            self._cameras[name] = CameraIO(name, prefix, self._camera_stats.setdefault(name, FrameStats(parent=self._stats)), unpaired)
+        # Before the image subscriptions exist.
+        self._stream = FrameStream(
+            pipeline,
+            {name: camera.stats for name, camera in self._cameras.items()},
+            self._param("max_rate_hz"),
+            self._param("max_batch"),
+            self._param("batch_wait_ms") / 1000.0,
+            added_model_delay_s=TEST_FRAME_DELAY_S,
+        )
         self._publisher_thread = threading.Thread(target=self._publish_results, args=(self._stream, self._stop), name=PUBLISH_THREAD_NAME, daemon=True)
         with self._output_lock:
             self._configuration += 1
@@ -286,8 +333,8 @@ class OvsegNode(LifecycleNode):
             self._active = False
             self._activation += 1  # the frame in flight is not published
             super().on_deactivate(state)
-            for _ in range(self._stream.discard_waiting() if self._stream else 0):
-                self._stats.frame_ignored()
+            if self._stream is not None:
+                self._stream.discard_waiting()  # counted ignored
         self.get_logger().info("inactive: frames are ignored")
         return TransitionCallbackReturn.SUCCESS
 
@@ -327,18 +374,21 @@ class OvsegNode(LifecycleNode):
             self._configuration += 1
             self._stop.set()
         deadline = time.monotonic() + join_timeout
-        if self._publisher_thread is not None:
+        if self._publisher_thread is not None and self._publisher_thread.ident is not None:  # not started: configure raised first
             self._publisher_thread.join(join_timeout)
         if self._stream is not None and not self._stream.close(max(0.0, deadline - time.monotonic())):
             self.get_logger().error(f"the frame in flight did not finish within {join_timeout:.0f} s; configure is refused until it has")
         self._vocabularies.attach(None)
         with self._output_lock:
-            for entity in self._entities + list(self._classes.mask_publishers.values() if self._classes else []):
+            masks = [publisher for camera in self._classes.masks.values() for publisher in camera.publishers.values()] if self._classes else []
+            for entity in self._entities + masks:
                 if hasattr(entity, "publish"):
                     self.destroy_lifecycle_publisher(entity)
                 else:
                     self.destroy_subscription(entity)
-            self._entities, self._classes = [], None
+            for camera in self._cameras.values():
+                self._diagnostics.removeByName(camera.diagnostics_name)
+            self._entities, self._classes, self._cameras = [], None, {}
             self._pipeline = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -392,50 +442,60 @@ class OvsegNode(LifecycleNode):
             self._entities.append(entity)
             return entity
 
-        self._label_pub = publisher(Image, "segmentation/label")
-        self._color_pub = publisher(Image, "segmentation/color")
-        self._overlay_pub = publisher(Image, "segmentation/overlay")
-        self._confidence_pub = publisher(Image, "segmentation/confidence")
-        self._info_pub = publisher(SegmentationInfo, "segmentation/info")
+        # Shared by the cameras: one vocabulary labels them all.
         self._class_map_pub = publisher(ClassMap, "segmentation/label_info", LATCHED_QOS)
         self._label_info_pub = publisher(LabelInfo, "segmentation/vision_label_info", LATCHED_QOS)
-        self._camera_info_pub = publisher(CameraInfo, "segmentation/camera_info") if self._param("use_camera_info") or self._param("use_depth") else None
+        use_depth = self._param("use_depth")
+        with_camera_info = self._param("use_camera_info") or use_depth
+        for camera in self._cameras.values():
+            out = f"{camera.prefix}segmentation/"
+            camera.label_pub = publisher(Image, out + "label")
+            camera.color_pub = publisher(Image, out + "color")
+            camera.overlay_pub = publisher(Image, out + "overlay")
+            camera.confidence_pub = publisher(Image, out + "confidence")
+            camera.info_pub = publisher(SegmentationInfo, out + "info")
+            camera.camera_info_pub = publisher(CameraInfo, out + "camera_info") if with_camera_info else None
+            camera.points_pub = publisher(PointCloud2, out + "points") if use_depth else None
+            self._subscribe(camera)
+            self._diagnostics.add(camera.diagnostics_name, partial(self._report_camera, camera))
 
-        # Frames get a callback group of their own: no service or timer callback delays them.
+    def _subscribe(self, camera: CameraIO) -> None:
+        """The camera's image subscription (with camera_info and depth: paired by stamp)."""
+        # Each camera's frames get a callback group of their own: no service or timer callback,
+        # nor another camera's frames, delay them.
         options = {
             "qos_overriding_options": QoSOverridingOptions.with_default_policies(),
             "callback_group": MutuallyExclusiveCallbackGroup(),
             "event_callbacks": NO_SUBSCRIPTION_EVENTS,  # destroyed on cleanup while the executor spins
         }
         image_type, image_topic = (CompressedImage, "image/compressed") if self._param("input_transport") == "compressed" else (Image, "image")
+        image_topic = camera.prefix + image_topic
         use_depth = self._param("use_depth")
-        self._points_pub = publisher(PointCloud2, "segmentation/points") if use_depth else None
         if not (self._param("use_camera_info") or use_depth):
-            self._entities.append(self.create_subscription(image_type, image_topic, self._on_image, qos_profile_sensor_data, **options))
+            self._entities.append(self.create_subscription(image_type, image_topic, partial(self._on_image, camera), qos_profile_sensor_data, **options))
             return
         # Each frame goes out with the camera_info (and depth image) of its own stamp, as
         # image_transport's CameraSubscriber pairs them, never with whichever arrived last.
         images = Subscriber(self, image_type, image_topic, qos_profile=qos_profile_sensor_data, **options)
-        partners = [Subscriber(self, CameraInfo, "camera_info", qos_profile=qos_profile_sensor_data, **options)]
+        partners = [Subscriber(self, CameraInfo, camera.prefix + "camera_info", qos_profile=qos_profile_sensor_data, **options)]
         if use_depth:
-            partners.append(Subscriber(self, Image, "depth", qos_profile=qos_profile_sensor_data, **options))
-        images.registerCallback(self._on_image_to_pair)  # before the synchronizer, which may pair it at once
+            partners.append(Subscriber(self, Image, camera.prefix + "depth", qos_profile=qos_profile_sensor_data, **options))
+        images.registerCallback(partial(self._on_image_to_pair, camera))  # before the synchronizer, which may pair it at once
         slop = self._param("depth_sync_slop_s" if use_depth else "camera_info_sync_slop_s")
         if slop > 0:
             synchronizer = ApproximateTimeSynchronizer([images, *partners], CAMERA_INFO_SYNC_QUEUE, slop)
         else:
             synchronizer = TimeSynchronizer([images, *partners], CAMERA_INFO_SYNC_QUEUE)
-        synchronizer.registerCallback(self._on_image_with_partners)
-        self._unpaired_frames.forget_waiting()
+        synchronizer.registerCallback(partial(self._on_image_with_partners, camera))
         self._entities += [images.sub, *(partner.sub for partner in partners)]
 
     # -- callbacks (executor threads: short, never wait for the model) ----------------
 
-    def _on_image(self, msg: Image | CompressedImage, camera_info: CameraInfo | None = None, depth: Image | None = None) -> None:
-        self._stats.frame_received()
+    def _on_image(self, camera: CameraIO, msg: Image | CompressedImage, camera_info: CameraInfo | None = None, depth: Image | None = None) -> None:
+        camera.stats.frame_received()
         stream, classes = self._stream, self._classes
         if not self._active or stream is None or classes is None:
-            self._stats.frame_ignored()
+            camera.stats.frame_ignored()
             return
         image = image_data(msg)
         frame_depth = None
@@ -443,52 +503,55 @@ class OvsegNode(LifecycleNode):
             try:
                 frame_depth = depth_data(msg, depth, camera_info)
             except ImageError as exc:
-                self._frame_failed(f"bad camera_info: {exc}")
+                self._frame_failed(camera.stats, f"bad camera_info: {exc}")
                 return
         try:
-            request = self._output_request(classes)
+            request = self._output_request(camera, classes)
         except Exception:  # InvalidHandle: a vocabulary change or cleanup destroyed a publisher meanwhile
             request = OutputRequest()  # this frame: labels and info only
-        ticket = FrameTicket(image, stamp_ns(msg.header) * 1e-9, request, FrameTag(msg.header, camera_info, self._activation), frame_depth)
-        if stream.submit(ticket) == REFUSED:
-            self._stats.frame_ignored()
+        tag = FrameTag(msg.header, camera_info, self._activation)
+        if stream.submit(FrameTicket(image, stamp_ns(msg.header) * 1e-9, request, tag, frame_depth, camera.name)) == REFUSED:
+            camera.stats.frame_ignored()
 
-    def _output_request(self, classes: ClassState) -> OutputRequest:
-        """The optional outputs someone subscribes to (and that are enabled)."""
+    def _output_request(self, camera: CameraIO, classes: ClassState) -> OutputRequest:
+        """The optional outputs of ``camera`` someone subscribes to (and that are enabled)."""
         def wanted(publisher, flag: str) -> bool:
             return self._param(flag) and publisher.get_subscription_count() > 0
 
         masks = ()
         if self._param("publish_masks"):
+            camera_masks = classes.masks[camera.name]
             now = time.monotonic()
-            if now - classes.masks_checked_at >= MASK_SUBSCRIBERS_REFRESH_S:
-                publishers = classes.mask_publishers
-                classes.subscribed_masks = tuple(i for i, topic in enumerate(classes.mask_topics) if publishers[topic].get_subscription_count() > 0)
-                classes.masks_checked_at = now
-            masks = classes.subscribed_masks
+            if now - camera_masks.checked_at >= MASK_SUBSCRIBERS_REFRESH_S:
+                publishers = camera_masks.publishers
+                camera_masks.subscribed = tuple(i for i, topic in enumerate(classes.mask_topics) if publishers[topic].get_subscription_count() > 0)
+                camera_masks.checked_at = now
+            masks = camera_masks.subscribed
         return OutputRequest(
-            color=wanted(self._color_pub, "publish_color"),
-            overlay=wanted(self._overlay_pub, "publish_overlay"),
-            confidence=wanted(self._confidence_pub, "publish_confidence"),
+            color=wanted(camera.color_pub, "publish_color"),
+            overlay=wanted(camera.overlay_pub, "publish_overlay"),
+            confidence=wanted(camera.confidence_pub, "publish_confidence"),
             masks=masks,
             masks_version=classes.vocabulary.version,
             overlay_alpha=self._param("overlay_alpha"),
-            points=self._points_pub is not None and self._points_pub.get_subscription_count() > 0,
+            points=camera.points_pub is not None and camera.points_pub.get_subscription_count() > 0,
             points_stride=self._param("points_stride"),
             points_min_score=self._param("points_min_score"),
         )
 
-    def _on_image_to_pair(self, msg: Image | CompressedImage) -> None:
-        if self._unpaired_frames.arrived(msg, self._active):
+    def _on_image_to_pair(self, camera: CameraIO, msg: Image | CompressedImage) -> None:
+        if camera.unpaired.arrived(msg, self._active):
             slop = "depth_sync_slop_s" if self._param("use_depth") else "camera_info_sync_slop_s"
-            self.get_logger().warning(f"frame not processed: no {self._partner_names()} with its stamp ({slop}) arrived in time", throttle_duration_sec=LOG_THROTTLE_S)
+            self.get_logger().warning(
+                f"frame of {camera.prefix}image not processed: no {self._partner_names()} with its stamp ({slop}) arrived in time", throttle_duration_sec=LOG_THROTTLE_S
+            )
 
     def _partner_names(self) -> str:
         return "depth image and camera_info" if self._param("use_depth") else "camera_info"
 
-    def _on_image_with_partners(self, msg: Image | CompressedImage, camera_info: CameraInfo, depth: Image | None = None) -> None:
-        self._unpaired_frames.paired(msg)
-        self._on_image(msg, camera_info, depth)
+    def _on_image_with_partners(self, camera: CameraIO, msg: Image | CompressedImage, camera_info: CameraInfo, depth: Image | None = None) -> None:
+        camera.unpaired.paired(msg)
+        self._on_image(camera, msg, camera_info, depth)
 
     def _on_set_vocabulary(self, request: SetVocabulary.Request, response: SetVocabulary.Response) -> SetVocabulary.Response:
         try:
@@ -566,6 +629,10 @@ class OvsegNode(LifecycleNode):
             pipeline.set_latency_budget(param.value)
         elif param.name == "max_rate_hz":
             stream.max_rate_hz = param.value
+        elif param.name == "max_batch":
+            stream.max_batch = param.value
+        elif param.name == "batch_wait_ms":
+            stream.batch_wait_s = param.value / 1000.0
         elif param.name == "smoothing_strength":
             pipeline.smoother.strength = param.value
         elif param.name == "smoothing_max_gap_s":
@@ -596,7 +663,9 @@ class OvsegNode(LifecycleNode):
         except torch.cuda.OutOfMemoryError as exc:
             raise VocabularyError(f"out of GPU memory encoding {len(names)} classes: {exc}") from exc
         with self._output_lock:
-            if self._configuration != configuration:
+            # A cleanup that began before this change read the classes bumps the configuration
+            # first and releases the classes last: either tells.
+            if self._configuration != configuration or self._classes is None:
                 raise VocabularyError("the node was cleaned up or shut down while the vocabulary was encoded: not applied")
             vocabulary = self._install_classes(vocabulary)
         self.get_logger().info(f"vocabulary v{vocabulary.version}: {', '.join(vocabulary.names)}")
@@ -610,17 +679,19 @@ class OvsegNode(LifecycleNode):
         topics = mask_topic_names(list(vocabulary.names))
         with self._output_lock:
             vocabulary = self._vocabularies.install(vocabulary)
-            # A copy: frame callbacks read the current state's publishers without the lock.
-            old = dict(self._classes.mask_publishers) if self._classes else {}
-            publishers = {topic: old.pop(topic, None) or self._mask_publisher(topic) for topic in topics}
-            for stale in old.values():
-                self.destroy_lifecycle_publisher(stale)
-            self._classes = ClassState(vocabulary, topics, publishers)
+            masks = {}
+            for camera in self._cameras.values():
+                # A copy: frame callbacks read the current state's publishers without the lock.
+                old = dict(self._classes.masks[camera.name].publishers) if self._classes else {}
+                masks[camera.name] = CameraMasks({topic: old.pop(topic, None) or self._mask_publisher(camera, topic) for topic in topics})
+                for stale in old.values():
+                    self.destroy_lifecycle_publisher(stale)
+            self._classes = ClassState(vocabulary, topics, masks)
             self._publish_class_map()
         return vocabulary
 
-    def _mask_publisher(self, topic: str):
-        publisher = self.create_lifecycle_publisher(Image, f"segmentation/masks/{topic}", OUTPUT_QOS, event_callbacks=NO_PUBLISHER_EVENTS)
+    def _mask_publisher(self, camera: CameraIO, topic: str):
+        publisher = self.create_lifecycle_publisher(Image, f"{camera.prefix}segmentation/masks/{topic}", OUTPUT_QOS, event_callbacks=NO_PUBLISHER_EVENTS)
         if self._active:  # the others were enabled by on_activate
             publisher.on_activate(None)
         return publisher
@@ -647,54 +718,61 @@ class OvsegNode(LifecycleNode):
             try:
                 self._publish_result(result, stop)
             except Exception as exc:  # keep serving: one bad frame must not stop the node
-                self._frame_failed(f"frame failed while publishing: {type(exc).__name__}: {exc}")
+                self._frame_failed(self._camera_stats[result.ticket.camera], f"frame failed while publishing: {type(exc).__name__}: {exc}")
 
     def _publish_result(self, result: StreamResult, stop: threading.Event) -> None:
-        tag: FrameTag = result.ticket.tag
+        ticket = result.ticket
+        tag: FrameTag = ticket.tag
+        stats = self._camera_stats[ticket.camera]
         if result.error is not None:
-            self._frame_failed(_frame_error_message(result.error))
+            self._frame_failed(stats, _frame_error_message(result.error))
             return
         outputs = result.outputs
         if outputs.smoothing_reset and self._pipeline is not None and self._pipeline.smoother.mode != "none":
             self.get_logger().info(f"temporal smoothing restarted: {outputs.smoothing_reset}", throttle_duration_sec=LOG_THROTTLE_S)
         with self._output_lock:
             if stop.is_set() or tag.activation != self._activation:
-                self._stats.frame_ignored()  # deactivated (or released) while in flight: publish nothing
+                stats.frame_ignored()  # deactivated (or released) while in flight: publish nothing
                 return
+            camera = self._cameras[ticket.camera]
             start = time.perf_counter()
-            self._publish_images(tag, outputs)
+            self._publish_images(camera, tag, outputs)
             publish_ms = (time.perf_counter() - start) * 1000.0
-            info = self._info_msg(tag.header, outputs, result.queue_ms, publish_ms)
-            self._info_pub.publish(info)
-        self._stats.frame_processed(info.end_to_end_ms)
+            info = self._info_msg(result, publish_ms)
+            camera.info_pub.publish(info)
+        stats.frame_processed(info.end_to_end_ms)
 
-    def _frame_failed(self, message: str) -> None:
-        self._stats.frame_failed()
+    def _frame_failed(self, stats: FrameStats, message: str) -> None:
+        stats.frame_failed()
         self._last_frame_error, self._last_frame_error_at = message, time.monotonic()
         self.get_logger().error(f"dropped frame, {message}", throttle_duration_sec=LOG_THROTTLE_S)
 
-    def _publish_images(self, tag: FrameTag, outputs: FrameOutputs) -> None:
+    def _publish_images(self, camera: CameraIO, tag: FrameTag, outputs: FrameOutputs) -> None:
         """Label always; the other images as computed (they were requested: enabled and subscribed)."""
         header = tag.header
-        self._label_pub.publish(image_msg(header, outputs.labels))
-        for publisher, pixels in ((self._color_pub, outputs.color), (self._overlay_pub, outputs.overlay), (self._confidence_pub, outputs.confidence)):
+        camera.label_pub.publish(image_msg(header, outputs.labels))
+        for publisher, pixels in ((camera.color_pub, outputs.color), (camera.overlay_pub, outputs.overlay), (camera.confidence_pub, outputs.confidence)):
             if pixels is not None:
                 publisher.publish(image_msg(header, pixels))
         # The caller holds _output_lock, so the mask publishers cannot be swapped out meanwhile.
         classes = self._classes
         if outputs.masks and classes is not None and classes.vocabulary.version == outputs.vocabulary.version:
             for class_id, mask in outputs.masks.items():
-                classes.mask_publishers[classes.mask_topics[class_id]].publish(image_msg(header, mask))
+                classes.masks[camera.name].publishers[classes.mask_topics[class_id]].publish(image_msg(header, mask))
         if tag.camera_info is not None:
             tag.camera_info.header = header  # the paired one: same stamp within the slop
-            self._camera_info_pub.publish(tag.camera_info)
+            camera.camera_info_pub.publish(tag.camera_info)
         if outputs.points is not None:
-            self._points_pub.publish(point_cloud_msg(header, outputs.points))
+            camera.points_pub.publish(point_cloud_msg(header, outputs.points))
 
-    def _info_msg(self, header, outputs: FrameOutputs, queue_ms: float, publish_ms: float) -> SegmentationInfo:
-        """The frame's info as offline labeling writes it (messages.info_msg), with the node's own times."""
-        info = info_msg(header, outputs, self._param("model"))
-        info.queue_ms = queue_ms
+    def _info_msg(self, result: StreamResult, publish_ms: float) -> SegmentationInfo:
+        """The frame's info as offline labeling writes it (messages.info_msg), with the node's own times and batch."""
+        ticket = result.ticket
+        header = ticket.tag.header
+        info = info_msg(header, result.outputs, self._param("model"))
+        info.camera = ticket.camera
+        info.batch_size, info.model_pass = ticket.batch_size, ticket.model_pass
+        info.queue_ms = result.queue_ms
         info.postprocess_ms += publish_ms
         stamp = rclpy.time.Time.from_msg(header.stamp, clock_type=self.get_clock().clock_type)
         info.end_to_end_ms = (self.get_clock().now() - stamp).nanoseconds / 1e6
@@ -717,7 +795,7 @@ class OvsegNode(LifecycleNode):
             status.summary(DiagnosticStatus.WARN, "inactive")
         elif time.monotonic() - self._last_frame_error_at < LOG_THROTTLE_S:
             status.summary(DiagnosticStatus.WARN, self._last_frame_error)
-        elif time.monotonic() - self._unpaired_frames.last_at < LOG_THROTTLE_S:
+        elif time.monotonic() - max((unpaired.last_at for unpaired in self._camera_unpaired.values()), default=-float("inf")) < LOG_THROTTLE_S:
             status.summary(DiagnosticStatus.WARN, f"frames without a {self._partner_names()} of their stamp are not processed")
         elif self._weights_note.startswith("RANDOM"):
             status.summary(DiagnosticStatus.WARN, self._weights_note)
@@ -739,13 +817,43 @@ class OvsegNode(LifecycleNode):
             # The K frames run with now (the latency budget moves it); 0: off or not SED.
             "cer_topk": (pipeline.cer_topk or 0) if pipeline else 0,
             "latency_budget_ms": self._param("latency_budget_ms"),
-            "frames_unsynchronized": self._unpaired_frames.count,
+            "frames_unsynchronized": sum(unpaired.count for unpaired in self._camera_unpaired.values()),
+            # Each camera's rates, counters and latency: the "camera <name>" statuses.
+            "cameras": ", ".join(repr(name) for name in self._cameras),
+            "max_batch": self._param("max_batch"),
             "last_frame_error": self._last_frame_error,
             "latency_p50_ms": f"{stats['latency_p50_ms']:.1f}",
             "latency_p95_ms": f"{stats['latency_p95_ms']:.1f}",
         }
         if pipeline is not None and pipeline.device.type == "cuda":
             values["gpu_memory_allocated_mb"] = f"{torch.cuda.memory_allocated(pipeline.device) / 2**20:.1f}"
+        for key, value in values.items():
+            status.add(key, str(value))
+        return status
+
+    def _report_camera(self, camera: CameraIO, status: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
+        """The Updater's ``<node>: camera <name>`` status of each camera, once per period."""
+        stats = camera.stats.snapshot(time.monotonic())
+        counts = camera.stats.counts()
+        if not self._active:
+            status.summary(DiagnosticStatus.WARN, "inactive")
+        elif stats["input_hz"] == 0.0:
+            status.summary(DiagnosticStatus.WARN, f"no frames on {self.resolve_topic_name(camera.prefix + 'image')}")
+        elif time.monotonic() - camera.unpaired.last_at < LOG_THROTTLE_S:
+            status.summary(DiagnosticStatus.WARN, f"frames without a {self._partner_names()} of their stamp are not processed")
+        else:
+            status.summary(DiagnosticStatus.OK, "segmenting")
+        values = {
+            "node": self.get_fully_qualified_name(),
+            "camera": camera.name,
+            "image_topic": self.resolve_topic_name(camera.prefix + "image"),
+            "input_rate_hz": f"{stats['input_hz']:.2f}",
+            "processed_rate_hz": f"{stats['processed_hz']:.2f}",
+            **{f"frames_{outcome}": count for outcome, count in counts.items()},
+            "frames_unsynchronized": camera.unpaired.count,
+            "latency_p50_ms": f"{stats['latency_p50_ms']:.1f}",
+            "latency_p95_ms": f"{stats['latency_p95_ms']:.1f}",
+        }
         for key, value in values.items():
             status.add(key, str(value))
         return status

@@ -73,6 +73,28 @@ PARAMETERS = (
     ParameterSpec("smoothing_strength", 0.6, "Weight of the past in temporal smoothing (0 = none).", min_value=0.0, max_value=1.0),
     ParameterSpec("smoothing_max_gap_s", 0.5, "A longer gap between frame stamps restarts smoothing.", min_value=0.01, max_value=60.0),
     # Input.
+    ParameterSpec(
+        "cameras",
+        [""],
+        "Names of the cameras segmented by the one model: camera NAME subscribes to NAME/image (NAME/camera_info, NAME/depth) "
+        "and publishes NAME/segmentation/...; '' = the node's own image and segmentation/... topics (one camera). "
+        "The vocabulary, its service and class map (segmentation/label_info) are shared.",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "max_batch",
+        8,
+        "Frames of at most this many cameras go through the model in one pass (1 = one frame at a time).",
+        min_value=1,
+        max_value=64,
+    ),
+    ParameterSpec(
+        "batch_wait_ms",
+        10.0,
+        "A model pass waits at most this long for a camera whose frame is being decoded; never for a camera with no frame.",
+        min_value=0.0,
+        max_value=1000.0,
+    ),
     ParameterSpec("input_transport", "raw", "Subscribe to image (raw) or image/compressed (jpeg/png).", read_only=True, choices=("raw", "compressed")),
     ParameterSpec(
         "use_camera_info",
@@ -109,7 +131,7 @@ PARAMETERS = (
     ),
     ParameterSpec("points_stride", 2, "With use_depth: one point per points_stride pixels in each points_stride-th row.", min_value=1, max_value=64),
     ParameterSpec("points_min_score", 0.0, "With use_depth: pixels whose best class score is below this give no point.", min_value=0.0, max_value=1000.0),
-    ParameterSpec("max_rate_hz", 0.0, "Process at most this many frames per second (0 = as fast as the model goes).", min_value=0.0, max_value=1000.0),
+    ParameterSpec("max_rate_hz", 0.0, "Run the model at most this many times per second, each pass taking at most one frame per camera (0 = as fast as the model goes).", min_value=0.0, max_value=1000.0),
     # Outputs. Overlay and mask images are only computed while someone subscribes.
     ParameterSpec("publish_color", True, "Publish segmentation/color (rgb8 class colours)."),
     ParameterSpec("publish_overlay", True, "Publish segmentation/overlay (class colours blended over the image)."),

@@ -1,15 +1,11 @@
-"""The frame path, ROS-free: FramePipeline stage by stage and FrameStream's overlapped threads."""
+"""The frame path, ROS-free: FramePipeline stage by stage (FrameStream: test_frame_stream.py)."""
 
-import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from ovseg_ros.frame_pipeline import CompressedImageData, FramePipeline, OutputRequest, PipelineError, RawImageData
-from ovseg_ros.frame_stream import FrameStream, FrameTicket
-from ovseg_ros.handoff import FrameStats
 from ovseg_ros.image_codec import ImageError
 from ovseg_ros.models import build_model
 from ovseg_ros.rendering import Renderer
@@ -142,88 +138,3 @@ def test_each_camera_is_smoothed_with_its_own_past(segmenter):
     assert np.all(process(black, 0.1, "left").labels == 255), "left blends with its own (white) past"
     again = process(white, 0.1, "right")
     assert again.smoothing_reset is None and np.all(again.labels != 255), "right blends with its own (black) past"
-
-
-# -- FrameStream ------------------------------------------------------------------------
-
-
-def _run_stream(pipeline, frames: int, period_s: float, bad_every: int = 0):
-    stats = FrameStats()
-    stream = FrameStream(pipeline, stats)
-    delivered, done = [], threading.Event()
-
-    def consume():
-        while not done.is_set() or len(delivered) < sent_count():
-            result = stream.next_result(timeout=0.2)
-            if result is not None:
-                delivered.append(result)
-            elif done.is_set():
-                break
-
-    sent = []
-    sent_count = lambda: len(sent) - stats.counts()["dropped"]  # noqa: E731
-    consumer = threading.Thread(target=consume)
-    consumer.start()
-    for index in range(frames):
-        image = RawImageData("rgb8", HEIGHT, WIDTH, 1, b"") if bad_every and index % bad_every == 1 else raw()
-        stats.frame_received()
-        stream.submit(FrameTicket(image, index * 0.033, OutputRequest(), tag=index))
-        sent.append(index)
-        time.sleep(period_s)
-    time.sleep(1.0)
-    done.set()
-    consumer.join(10)
-    assert stream.close(5.0)
-    return stats, delivered
-
-
-def test_stream_accounts_for_every_frame_and_answers_the_newest(pipeline):
-    """Frames come faster than the model: the hand-offs drop stale ones, each counted once,
-    and the last frame sent is the last one out."""
-    stats, delivered = _run_stream(pipeline, frames=60, period_s=0.0005)
-    counts = stats.counts()
-    for result in delivered:
-        assert result.error is None
-        stats.frame_processed(1.0)
-    counts = stats.counts()
-    assert counts["received"] == 60 and counts["in_flight"] == 0, counts
-    assert counts["dropped"] > 0 and counts["processed"] == len(delivered)
-    tags = [result.ticket.tag for result in delivered]
-    assert tags == sorted(tags) and tags[-1] == 59
-
-
-def test_stream_delivers_bad_frames_as_errors_and_goes_on(pipeline):
-    stats, delivered = _run_stream(pipeline, frames=12, period_s=0.15, bad_every=4)
-    errors = [result for result in delivered if result.error is not None]
-    assert [result.ticket.tag for result in errors] == [1, 5, 9]
-    assert all(isinstance(result.error, ImageError) for result in errors)
-    assert len(delivered) - len(errors) == 9
-
-
-def test_closing_counts_undelivered_frames_as_ignored(pipeline):
-    stats = FrameStats()
-    stream = FrameStream(pipeline, stats)
-    for index in range(5):
-        stats.frame_received()
-        stream.submit(FrameTicket(raw(), index * 0.033, OutputRequest(), tag=index))
-    time.sleep(0.5)  # nobody takes the results: at most one waits, the rest are dropped
-    assert stream.close(5.0)
-    counts = stats.counts()
-    assert counts["in_flight"] == 0 and counts["ignored"] >= 1, counts
-    assert stream.submit(FrameTicket(raw(), 1.0, OutputRequest())) == "refused"
-
-
-def test_max_rate_limits_model_starts(pipeline):
-    stats = FrameStats()
-    stream = FrameStream(pipeline, stats, max_rate_hz=5.0)
-    starts = []
-    deadline = time.monotonic() + 1.6
-    while time.monotonic() < deadline:
-        stream.submit(FrameTicket(raw(), 0.0, OutputRequest()))
-        result = stream.next_result(timeout=0.01)
-        if result is not None:
-            starts.append(result.ticket.started)
-        time.sleep(0.01)
-    stream.close(5.0)
-    gaps = np.diff(starts)
-    assert len(starts) <= 9 and len(gaps) and gaps.min() >= 0.19, starts

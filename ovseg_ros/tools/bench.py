@@ -260,7 +260,7 @@ def overlapped_throughput(pipeline: FramePipeline, frame: RawImageData, request:
     than it can go (publishing in this thread, as the node's publishing thread does); the
     frame counters."""
     stats = FrameStats()
-    stream = FrameStream(pipeline, stats)
+    stream = FrameStream(pipeline, {"": stats})
     stop = threading.Event()
 
     def camera() -> None:
