@@ -7,8 +7,10 @@ Node. One definition, so what we test is what ``ros2 launch`` starts.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import yaml
 from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 
 PACKAGE = "ovseg_ros"
@@ -20,7 +22,13 @@ RVIZ_CONFIG = "config/segment.rviz"
 #: launch argument -> (default, description). "" means: keep the params file's value.
 LAUNCH_ARGUMENTS = {
     "namespace": ("", "Namespace of the node and its topics."),
-    "image_topic": ("/camera/image_raw", "Camera image topic, remapped to the node's 'image'."),
+    "image_topic": ("/camera/image_raw", "Camera image topic, remapped to the node's 'image' (one camera; see image_topics)."),
+    "image_topics": (
+        "",
+        "Several cameras, one model: a list of image topics, e.g. '[/front/image_raw, /rear/image_raw]'; each is one camera, "
+        "named by its namespace (front, rear) unless 'cameras' names them, its camera_info beside it.",
+    ),
+    "cameras": ("", "Camera names (the cameras parameter), e.g. '[front, rear]': each subscribes to <name>/image unless image_topics remaps it."),
     "params_file": ("", "Parameters file (default: the package's config/segment.yaml)."),
     "model": ("", "Model name, overrides the params file (e.g. sed_convnext_base, san_vit_b_16)."),
     "weights": ("", "Checkpoint path, overrides the params file."),
@@ -34,10 +42,31 @@ LAUNCH_ARGUMENTS = {
 PARAMETER_ARGUMENTS = ("model", "weights", "device")
 
 
+def camera_topics(values: dict[str, str]) -> dict[str, str] | None:
+    """Camera name -> its image topic (None: no remapping) from the ``cameras`` and
+    ``image_topics`` arguments; None when neither is given (one camera: ``image_topic``).
+    Raises ValueError when they do not match or a topic has no namespace to name its camera."""
+    names, topics = _list(values.get("cameras", "")), _list(values.get("image_topics", ""))
+    if not names and not topics:
+        return None
+    if not topics:
+        return dict.fromkeys(names)
+    if names and len(names) != len(topics):
+        raise ValueError(f"cameras names {len(names)} cameras but image_topics has {len(topics)} topics")
+    if not names:
+        names = [topic.rpartition("/")[0].strip("/") for topic in topics]
+        if not all(names):
+            raise ValueError(f"image_topics: {', '.join(t for t, n in zip(topics, names) if not n)} has no namespace to name its camera: give cameras:=[...]")
+    return dict(zip(names, topics))
+
+
 def node_parameters(values: dict[str, str], share_dir: Path) -> list:
     """launch_ros ``parameters=``: the params file, then the overrides given as launch arguments."""
     params_file = values.get("params_file") or str(share_dir / PARAMS_FILE)
     overrides = {name: values[name] for name in PARAMETER_ARGUMENTS if values.get(name)}
+    cameras = camera_topics(values)
+    if cameras is not None:
+        overrides["cameras"] = list(cameras)
     # Only when given (or with a bag): written here, it would override an including launch
     # file's SetParameter(use_sim_time=True).
     if values.get("bag"):
@@ -48,11 +77,18 @@ def node_parameters(values: dict[str, str], share_dir: Path) -> list:
 
 
 def node_remappings(values: dict[str, str]) -> list[tuple[str, str]]:
-    """launch_ros ``remappings=``: the image topic, its compressed sibling and camera_info
-    beside it, as image_transport names them (``/cam/image_raw`` -> ``/cam/camera_info``)."""
-    image = values.get("image_topic") or LAUNCH_ARGUMENTS["image_topic"][0]
+    """launch_ros ``remappings=``: each camera's image topic, its compressed sibling and
+    camera_info beside it, as image_transport names them (``/cam/image_raw`` -> ``/cam/camera_info``)."""
+    cameras = camera_topics(values)
+    if cameras is None:
+        return _camera_remappings("", values.get("image_topic") or LAUNCH_ARGUMENTS["image_topic"][0])
+    return [remap for name, image in cameras.items() if image for remap in _camera_remappings(f"{name}/", image)]
+
+
+def _camera_remappings(prefix: str, image: str) -> list[tuple[str, str]]:
     namespace, _, _ = image.rpartition("/")
-    return [("image", image), ("image/compressed", f"{image}/compressed"), ("camera_info", f"{namespace}/camera_info" if namespace else "camera_info")]
+    camera_info = f"{namespace}/camera_info" if namespace else "camera_info"
+    return [(f"{prefix}image", image), (f"{prefix}image/compressed", f"{image}/compressed"), (f"{prefix}camera_info", camera_info)]
 
 
 def bag_play_command(values: dict[str, str]) -> list[str] | None:
@@ -109,4 +145,15 @@ def node_command(executable: Path, values: dict[str, str], share_dir: Path) -> l
 def _yaml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list):
+        return json.dumps(value)  # a YAML flow list of quoted strings: '' and names alike
     return str(value)
+
+
+def _list(value: str) -> list[str]:
+    """A launch argument's list: YAML (``[a, b]``) or comma-separated; [] when empty."""
+    value = value.strip()
+    if not value:
+        return []
+    items = yaml.safe_load(value) if value.startswith("[") else value.split(",")
+    return [str(item).strip() for item in items]

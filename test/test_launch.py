@@ -8,6 +8,7 @@ the node tests use to start the node with exactly the launch file's command line
 import ast
 from pathlib import Path
 
+import pytest
 import yaml
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 
@@ -43,7 +44,9 @@ def test_launch_file_builds_its_node_from_launch_config():
 
 
 def test_launch_arguments_are_the_documented_ones():
-    assert set(launch_config.LAUNCH_ARGUMENTS) == {"namespace", "image_topic", "params_file", "model", "weights", "device", "use_sim_time", "rviz", "bag"}
+    assert set(launch_config.LAUNCH_ARGUMENTS) == {
+        "namespace", "image_topic", "image_topics", "cameras", "params_file", "model", "weights", "device", "use_sim_time", "rviz", "bag"
+    }
     for name in launch_config.PARAMETER_ARGUMENTS:
         assert name in PARAMETERS_BY_NAME, f"launch argument {name} sets an undeclared parameter"
 
@@ -105,3 +108,32 @@ def test_rviz_argument_opens_the_shipped_layout():
     topics = [d["Topic"]["Value"] for d in layout["Visualization Manager"]["Displays"]]
     assert topics == [launch_config.LAUNCH_ARGUMENTS["image_topic"][0], "segmentation/overlay", "segmentation/color"]
     assert launch_config.rviz_arguments({}, share) is None
+
+
+def test_image_topics_make_one_camera_each_named_by_its_namespace():
+    share = Path("/share")
+    values = {"image_topics": "[/front/image_raw, /robot/left/image_raw]", "image_topic": "/ignored/image"}
+    argv = launch_config.node_command(Path("/lib/ovseg_node"), values, share)
+    assert 'cameras:=["front", "robot/left"]' in argv
+    remaps = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-r"][1:]
+    assert remaps == [
+        "front/image:=/front/image_raw", "front/image/compressed:=/front/image_raw/compressed", "front/camera_info:=/front/camera_info",
+        "robot/left/image:=/robot/left/image_raw", "robot/left/image/compressed:=/robot/left/image_raw/compressed",
+        "robot/left/camera_info:=/robot/left/camera_info",
+    ]
+    named = launch_config.node_parameters({"image_topics": "/a/image, /b/image", "cameras": "[left, right]"}, share)[1]
+    assert named["cameras"] == ["left", "right"]
+    assert launch_config.node_remappings({"image_topics": "/a/image, /b/image", "cameras": "left,right"})[3] == ("right/image", "/b/image")
+
+
+def test_cameras_without_image_topics_subscribe_under_their_names():
+    assert launch_config.node_parameters({"cameras": "[front, rear]"}, Path("/share"))[1]["cameras"] == ["front", "rear"]
+    assert launch_config.node_remappings({"cameras": "[front, rear]"}) == []
+    assert "cameras" not in launch_config.node_parameters({}, Path("/share"))[1], "unset: the params file's one camera"
+
+
+def test_camera_arguments_that_do_not_match_are_refused():
+    with pytest.raises(ValueError, match="2 cameras but image_topics has 3"):
+        launch_config.camera_topics({"cameras": "[a, b]", "image_topics": "[/a/image, /b/image, /c/image]"})
+    with pytest.raises(ValueError, match="no namespace"):
+        launch_config.camera_topics({"image_topics": "[/image_raw, /b/image]"})
