@@ -31,9 +31,9 @@ back-projected with its own depth.
 
 ``--batch N`` labels up to N consecutive frames of one camera of one size with one pass of
 the model (:meth:`FramePipeline.infer_batch`: SAN in one pass, SED's CLIP tower on the
-batch and its decoder per image; default: 8 on CUDA with smoothing none, 1 otherwise). The
-outputs are the same as frame by frame, written in the input's order with the frames'
-stamps; with smoothing on a batch's frames go through one at a time, in order. Each camera has a temporal smoother of its own
+batch and its decoder per image; default: 8 on CUDA, 1 otherwise). The outputs are the
+same as frame by frame (smoothing, when on, runs after the model on each frame in order),
+written in the input's order with the frames' stamps. Each camera has a temporal smoother of its own
 (``--smoothing``, as the node's parameter). A frame that cannot be decoded (bad encoding,
 size or compressed data) is logged, skipped and counted, alone (the rest of its batch is
 labeled); its message is still copied. OUT must not exist (``--overwrite`` replaces an existing bag);
@@ -86,7 +86,7 @@ OUTPUTS = {
 DEFAULT_OUTPUTS = ("label", "info", "class_map")
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 EXIT_OUT_EXISTS = 2
-#: ``--batch`` on CUDA for a model that batches (SAN, SED) with smoothing none.
+#: ``--batch`` on CUDA for a model that batches (SAN, SED).
 DEFAULT_CUDA_BATCH = 8
 _NO_TIME = QosTime(sec=0, nsec=0)
 #: The node's class map QoS (reliable, transient local, depth 1), recorded so that
@@ -571,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlay-alpha", type=float, default=default["overlay_alpha"])
     parser.add_argument(
         "--batch", type=int, default=0, metavar="N",
-        help=f"frames of a camera per pass of the model (default: {DEFAULT_CUDA_BATCH} on CUDA for SAN with smoothing none, else 1)",
+        help=f"frames of a camera per pass of the model (default: {DEFAULT_CUDA_BATCH} on CUDA, else 1)",
     )
     parser.add_argument(
         "--depth-topic", action="append", metavar="[IMAGE_TOPIC=]TOPIC",
@@ -617,11 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     weights_note = str(checkpoint) if checkpoint is not None else "RANDOM weights: labels are meaningless"
     vocabularies = VocabularyManager(segmenter.encode_text)
     vocabulary = vocabularies.install(vocabularies.encode(read_vocabulary(args.vocabulary, args.vocabulary_file)))
-    batches = segmenter.batches and smoothing == "none"
+    batches = segmenter.batches
     batch = args.batch or (DEFAULT_CUDA_BATCH if segmenter.device.type == "cuda" and batches else 1)
     print(
         f"label_bag: model {args.model} on {segmenter.device} ({weights_note}), smoothing {smoothing}, "
-        f"batch {batch}{'' if batches or batch == 1 else ' (frame by frame: smoothing on, or a model without batches)'}, "
+        f"batch {batch}{'' if batches or batch == 1 else ' (frame by frame: a model without batches)'}, "
         f"{len(vocabulary.names)} classes, ready in {time.perf_counter() - start:.1f} s",
         file=sys.stderr,
     )
