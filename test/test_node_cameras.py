@@ -162,9 +162,9 @@ def peer():
 
 # -- three cameras, different rates and sizes, one stops ---------------------------------------
 
-THREE_CAMERAS = {  # name -> (height, width, rate Hz)
+THREE_CAMERAS = {  # name -> (height, width, rate Hz); left's 16:9 is a model input size of its own
     "front": (120, 160, 15.0),
-    "left": (90, 120, 5.0),
+    "left": (90, 160, 5.0),
     "rear": (240, 320, 10.0),
 }
 STOPPED = "rear"
