@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 
+from ovseg_ros.topic_names import camera_prefixes
+
 PACKAGE = "ovseg_ros"
 EXECUTABLE = "ovseg_node"
 NODE_NAME = "ovseg"
@@ -45,11 +47,13 @@ PARAMETER_ARGUMENTS = ("model", "weights", "device")
 def camera_topics(values: dict[str, str]) -> dict[str, str] | None:
     """Camera name -> its image topic (None: no remapping) from the ``cameras`` and
     ``image_topics`` arguments; None when neither is given (one camera: ``image_topic``).
-    Raises ValueError when they do not match or a topic has no namespace to name its camera."""
+    Raises ValueError when they do not match, a topic has no namespace to name its camera, or
+    a name repeats or is not a relative topic name."""
     names, topics = _list(values.get("cameras", "")), _list(values.get("image_topics", ""))
     if not names and not topics:
         return None
     if not topics:
+        camera_prefixes(names)
         return dict.fromkeys(names)
     if names and len(names) != len(topics):
         raise ValueError(f"cameras names {len(names)} cameras but image_topics has {len(topics)} topics")
@@ -57,6 +61,7 @@ def camera_topics(values: dict[str, str]) -> dict[str, str] | None:
         names = [topic.rpartition("/")[0].strip("/") for topic in topics]
         if not all(names):
             raise ValueError(f"image_topics: {', '.join(t for t, n in zip(topics, names) if not n)} has no namespace to name its camera: give cameras:=[...]")
+    camera_prefixes(names)  # the node's own check, before anything starts: repeated or invalid names
     return dict(zip(names, topics))
 
 

@@ -594,6 +594,11 @@ class OvsegNode(LifecycleNode):
                     validate_class_names(list(param.value))
                 except VocabularyError as exc:
                     return SetParametersResult(successful=False, reason=str(exc))
+            if param.name == "cameras":
+                try:
+                    camera_prefixes(list(param.value))
+                except ValueError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
     def _on_parameters_set(self, params: list[Parameter]) -> None:

@@ -137,3 +137,8 @@ def test_camera_arguments_that_do_not_match_are_refused():
         launch_config.camera_topics({"cameras": "[a, b]", "image_topics": "[/a/image, /b/image, /c/image]"})
     with pytest.raises(ValueError, match="no namespace"):
         launch_config.camera_topics({"image_topics": "[/image_raw, /b/image]"})
+    for values in ({"cameras": "[front, front]"}, {"cameras": "[cam, cam]", "image_topics": "[/a/image, /b/image]"}, {"image_topics": "[/a/image, /a/image]"}):
+        with pytest.raises(ValueError, match="twice"):
+            launch_config.camera_topics(values)
+    with pytest.raises(ValueError, match="'2cam'"):
+        launch_config.camera_topics({"cameras": "[2cam]"})

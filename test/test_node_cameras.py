@@ -397,15 +397,15 @@ def test_bad_cameras_leave_the_node_unconfigured_until_good_ones_are_set(peer, t
 
         error_status("not configured: ValueError: cameras names a camera twice: 'front'")
 
-        def set_cameras(names: list[str]) -> None:
-            result = peer.call(parameters, SetParameters.Request(parameters=[Parameter("cameras", value=names).to_parameter_msg()])).results[0]
-            assert result.successful, result.reason
+        def set_cameras(names: list[str]):
+            return peer.call(parameters, SetParameters.Request(parameters=[Parameter("cameras", value=names).to_parameter_msg()])).results[0]
 
-        set_cameras(["2cam"])
-        assert not lifecycle.change("configure")
-        error_status("not configured: ValueError: not a relative topic name for a camera: '2cam'")
+        refused = set_cameras(["2cam"])
+        assert not refused.successful and "not a relative topic name for a camera: '2cam'" in refused.reason, refused
+        assert not lifecycle.change("configure"), "still [front, front]"
+        error_status("not configured: ValueError: cameras names a camera twice: 'front'")
 
-        set_cameras(["front", "rear"])
+        assert set_cameras(["front", "rear"]).successful
         assert lifecycle.change("configure") and lifecycle.change("activate"), node.log_text()[-2000:]
         rear = CameraOutputs(peer, f"/{namespace}/rear")
         feed = CameraFeed(peer, "rear", f"/{namespace}/rear/image", 90, 120, 5.0)
