@@ -18,8 +18,8 @@ STATUSES = {"ok", "failed", "timeout", "skipped"}
 def small_report(tmp_path_factory, fixtures_dir):
     out = tmp_path_factory.mktemp("device_check")
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable)
-    run = subprocess.run(["bash", str(REPO / "scripts" / "device_check.sh"), "--small", "--time-limit", "200",
-                          "--fixtures", str(fixtures_dir)], env=env, capture_output=True, text=True, timeout=280)
+    run = subprocess.run(["bash", str(REPO / "scripts" / "device_check.sh"), "--small", "--time-limit", "240",
+                          "--fixtures", str(fixtures_dir)], env=env, capture_output=True, text=True, timeout=330)
     folder = out / "device_check"
     assert (folder / "device_check.json").is_file(), run.stderr[-3000:]
     return json.loads((folder / "device_check.json").read_text()), (folder / "device_check.md").read_text(), run
@@ -83,6 +83,18 @@ def test_bench_rows_keep_their_tables(small_report):
             assert r["parsed"]["tables"], r["stdout"][-2000:]
             for table in r["parsed"]["tables"]:
                 assert table["rows"] and all(row[table["columns"][0]] for row in table["rows"])
+
+
+def test_bench_streams_compares_batched_cameras_with_a_model_each(small_report):
+    report, _, _ = small_report
+    streams = next(r for r in report["results"] if (r["section"], r["name"]) == ("bench_streams", "san_tiny"))
+    assert streams["status"] == "ok", streams["error"]
+    rows = streams["parsed"]["tables"][0]["rows"]
+    assert [(row["cameras"], row["mode"], row["models"]) for row in rows] == [("1", "batched", "1"), ("1", "separate", "1"), ("2", "batched", "1"), ("2", "separate", "2")]
+    assert all(float(row["total frames/s"]) > 0 for row in rows)
+    assert float(rows[2]["mean batch size"]) > 1.0 and float(rows[3]["mean batch size"]) == 1.0, "two cameras share the one model's passes"
+    assert float(rows[2]["models' memory MB"]) > 0 and abs(float(rows[3]["models' memory MB"]) - 2 * float(rows[2]["models' memory MB"])) <= 1
+    assert any(line.startswith("ratio N=2: batched / separate frames/s") for line in streams["parsed"]["lines"])
 
 
 def test_parse_parity_reads_checks_and_verdict():

@@ -6,6 +6,7 @@
     python -m ovseg_ros.tools.bench node --model sed_convnext_base [--long]
     python -m ovseg_ros.tools.bench all            # model, then node, in one run
     python -m ovseg_ros.tools.bench cameras --model sed_tiny_dev --cameras 1 2 4   # one node batching N cameras vs N nodes
+    python -m ovseg_ros.tools.bench streams --model sed_convnext_base --cameras 1 2 4   # the same without ROS (GPU check)
 
 ``model``: per-stage latency of one frame through the
 :class:`~ovseg_ros.frame_pipeline.FramePipeline` (labels only, no smoothing) for every
@@ -31,6 +32,11 @@ vs overlapped (:class:`~ovseg_ros.frame_stream.FrameStream` fed faster than it c
 each image size, with labels only and with every output requested (colour, overlay,
 confidence, 3 masks); each delivered frame is also encoded into message bytes as the node
 does, so publishing is counted. Per-stage medians come from the frames' own timings.
+
+``streams``: N cameras through the frame path without ROS, saturated: one pipeline whose
+FrameStream batches them (one model) vs one pipeline and stream per camera (N models in
+one process), frames/s in total and per camera, and the models' memory; the node-level
+version over DDS is ``cameras``.
 
 ``text``: text encoding (:meth:`~ovseg_ros.segmenter.Segmenter.encode_text`) of a class list
 with an empty :class:`~ovseg_ros.vocabulary.TextEmbeddingCache` (in a temporary directory)
@@ -317,6 +323,102 @@ def bench_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def streams_throughput(pipelines: list[FramePipeline], cameras: int, frame: RawImageData, request: OutputRequest, frames: int, camera_hz: float) -> dict:
+    """``cameras`` cameras at ``camera_hz`` through the frame path, saturated: with one pipeline,
+    one FrameStream batches them all (``max_batch`` = cameras); with one pipeline per camera,
+    each has a stream of its own (each taken by a publishing thread of its own, as in one node
+    per camera). Total and per-camera frames/s over ``frames`` frames per camera after every
+    camera's first two, and the mean batch size."""
+    names = [f"cam{index}" for index in range(cameras)]
+    if len(pipelines) == 1:
+        streams = [FrameStream(pipelines[0], {name: FrameStats() for name in names}, max_batch=cameras)]
+        stream_of = dict.fromkeys(names, streams[0])
+    else:
+        streams = [FrameStream(pipeline, {name: FrameStats()}) for pipeline, name in zip(pipelines, names)]
+        stream_of = dict(zip(names, streams))
+    lock, stop = threading.Lock(), threading.Event()
+    delivered, batch_sizes, window = dict.fromkeys(names, 0), [], {}
+
+    def camera(name: str) -> None:
+        index = 0
+        while not stop.is_set():
+            stream_of[name].submit(FrameTicket(frame, index / camera_hz, request, camera=name))
+            index += 1
+            time.sleep(1.0 / camera_hz)
+
+    def publisher(stream: FrameStream) -> None:
+        while not stop.is_set():
+            result = stream.next_result(timeout=0.5)
+            if result is None:
+                continue
+            if result.error is not None:
+                raise RuntimeError(f"stream stopped: {result.error}")
+            publish_like_the_node(result.outputs)
+            with lock:
+                delivered[result.ticket.camera] += 1
+                if "start" not in window and min(delivered.values()) >= 2:  # every camera under way
+                    window["start"], window["counts"] = time.perf_counter(), dict(delivered)
+                elif "start" in window:
+                    batch_sizes.append(result.ticket.batch_size)
+                    if sum(delivered.values()) - sum(window["counts"].values()) >= frames * cameras and "end" not in window:
+                        window["end"], window["final"] = time.perf_counter(), dict(delivered)
+
+    threads = [threading.Thread(target=publisher, args=(stream,), daemon=True) for stream in streams]
+    threads += [threading.Thread(target=camera, args=(name,), daemon=True) for name in names]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 600.0
+    while "end" not in window and time.monotonic() < deadline and all(thread.is_alive() for thread in threads[: len(streams)]):
+        time.sleep(0.05)
+    stop.set()
+    for stream in streams:
+        stream.close(10.0)
+    if "end" not in window:
+        raise RuntimeError(f"{cameras} cameras: the streams stopped or took over 600 s")
+    seconds = window["end"] - window["start"]
+    per_camera = [(window["final"][name] - window["counts"][name]) / seconds for name in names]
+    return {"total": sum(per_camera), "per_camera": per_camera, "batch": statistics.mean(batch_sizes)}
+
+
+def bench_streams(args: argparse.Namespace) -> int:
+    """N cameras through one FramePipeline batching them vs one pipeline (and model) per camera."""
+    load_at_start = os.getloadavg()[0]
+    width, height = (int(v) for v in args.image.lower().split("x"))
+    frame = camera_frame(width, height)
+    names = load_class_list(args.vocab)[: args.classes or None]
+    pipelines = []
+    for _ in range(max(args.cameras)):  # one per camera for the separate rows; the first also batches
+        pipeline, weights = build_pipeline(args)
+        pipeline.vocabularies.install(random_vocabulary(pipeline.segmenter, names))
+        pipeline.warm_up(pipeline.vocabularies.current, height, width)
+        pipelines.append(pipeline)
+    device = pipelines[0].device
+    model = pipelines[0].segmenter.model
+    per_model_mb = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) / 2**20
+    print(f"\nseveral cameras through the frame path (ROS-free), model {args.model}, weights {weights or 'random'}, {device} {args.precision}, "
+          f"{args.vocab} ({len(names)} classes, random text features), {width}x{height} at {args.camera_hz:g} Hz per camera, labels only, "
+          f"{args.frames} frames per camera per row")
+    print(f"machine: {machine_description(device)}; torch {torch.__version__}; load average {load_at_start:.2f} at start")
+    print(f"one model's parameters and buffers: {per_model_mb:.0f} MB; peak memory: "
+          + ("CUDA tensors allocated during the row" if device.type == "cuda" else "the process's RSS (it holds every model of the run)"))
+    print("| cameras | mode | models | total frames/s | per camera frames/s (min..max) | mean batch size | models' memory MB | peak memory GB |")
+    print("|---|---|---|---|---|---|---|---|")
+    ratios = []
+    for cameras in args.cameras:
+        rows = {}
+        for mode, used in (("batched", pipelines[:1]), ("separate", pipelines[:cameras])):
+            reset_peak_memory(device)
+            rows[mode] = streams_throughput(used, cameras, frame, OutputRequest(), args.frames, args.camera_hz)
+            row = rows[mode]
+            print(f"| {cameras} | {mode} | {len(used)} | {row['total']:.2f} | {min(row['per_camera']):.2f}..{max(row['per_camera']):.2f} | "
+                  f"{row['batch']:.2f} | {len(used) * per_model_mb:.0f} | {peak_memory_gb(device):.2f} |")
+        ratios.append(f"ratio N={cameras}: batched / separate frames/s {rows['batched']['total'] / rows['separate']['total']:.2f}x, "
+                      f"models' memory {1 / cameras:.2f}x")
+    print("\n".join(ratios))
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
+    return 0
+
+
 def bench_text(args: argparse.Namespace) -> int:
     names = load_class_list(args.vocab)
     segmenter, weights = build_segmenter(args.model, args.weights, args.device, args.precision, cpu_threads=args.threads)
@@ -370,6 +472,13 @@ def main(argv: list[str] | None = None) -> int:
     add_node_arguments(node)
     everything = commands.add_parser("all", parents=[common, model], help="model, then node: the whole suite in one run")
     add_node_arguments(everything)
+    streams = commands.add_parser("streams", parents=[common], help="N cameras through the frame path, ROS-free: one pipeline batching them vs one pipeline (model) each")
+    streams.add_argument("--cameras", nargs="+", type=int, default=[1, 2, 4], help="numbers of cameras N")
+    streams.add_argument("--image", default="640x480", help="camera image WIDTHxHEIGHT")
+    streams.add_argument("--camera-hz", type=float, default=60.0, help="each camera's frame rate (faster than the model: saturated)")
+    streams.add_argument("--vocab", default="ade150", help="shipped class list (random text features)")
+    streams.add_argument("--classes", type=int, default=0, help="only the first N classes of the list (0: all)")
+    streams.add_argument("--frames", type=int, default=20, help="frames per camera per row")
     cameras = commands.add_parser("cameras", parents=[common], help="N cameras: one node batching them vs one node per camera (ovseg_ros.tools.bench_cameras)")
     cameras.add_argument("--cameras", nargs="+", type=int, default=[1, 2, 4], help="numbers of cameras N")
     cameras.add_argument("--image", default="640x480", help="camera image WIDTHxHEIGHT")
@@ -384,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_cameras(args)
     if args.command == "text":
         return bench_text(args)
+    if args.command == "streams":
+        return bench_streams(args)
     if args.command == "pipeline":
         return bench_pipeline(args)
     if args.command in ("model", "all"):

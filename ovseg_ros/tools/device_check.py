@@ -3,7 +3,7 @@
     bash scripts/device_check.sh                   # on the GPU machine (installs the shipped wheels first)
     python -m ovseg_ros.tools.device_check --out out/device_check [--small] [--only parity]
 
-Every check is a subprocess (``check_parity``, ``bench model``, ``bench pipeline``) from the
+Every check is a subprocess (``check_parity``, ``bench model``, ``bench pipeline``, ``bench streams``) from the
 tables below: one row, one command line, adjusted in one place when a tool's options change.
 Each row runs on its own, under its own timeout and the run's total time limit, so one
 failure (a missing option, a crash, out of memory) does not lose the others; its exit
@@ -12,8 +12,9 @@ row, so a run stopped from outside still leaves what was measured, and rows that
 run say so.
 
 Sections: ``parity`` (fp32 without TF32, and bf16 judged by the fixtures' GPU tolerance;
-the report tabulates both per array), ``bench_pipeline``, ``bench_model`` and ``compile``
-(SED-B, ADE-150, CER 8: eager vs ``--compile default`` vs ``reduce-overhead``).
+the report tabulates both per array), ``bench_pipeline``, ``bench_streams`` (several cameras
+batched through one model vs a model each), ``bench_model`` and ``compile`` (SED-B, ADE-150,
+CER 8: eager vs ``--compile default`` vs ``reduce-overhead``).
 
 ``--small`` runs the same sections with tiny models and one parity case on whatever device
 there is (the CPU here): the test of this tool.
@@ -50,6 +51,7 @@ class Row:
 PARITY = ["-m", "ovseg_ros.tools.check_parity", "--device", "{device}"]
 BENCH_MODEL = ["-m", "ovseg_ros.tools.bench", "model", "--device", "{device}"]
 BENCH_PIPELINE = ["-m", "ovseg_ros.tools.bench", "pipeline", "--device", "{device}"]
+BENCH_STREAMS = ["-m", "ovseg_ros.tools.bench", "streams", "--device", "{device}"]
 
 FULL_PARITY_CASES = ["sed_b_seed1", "sed_b_seed1_cer24", "sed_l_seed1", "san_b_seed1", "san_l_seed1"]
 # SAN-B is the quickest case on a CPU (8 s on 2 cores; SED-B takes 50 s).
@@ -70,6 +72,14 @@ FULL: dict[str, list[Row]] = {
     "bench_pipeline": [
         Row("sed_b_bf16", BENCH_PIPELINE + ["--model", "sed_convnext_base", "--precision", "bf16", "--size", "640x480", "1280x720",
             "--vocab", "ade150", "--frames", "100"], 150, "FramePipeline serial vs overlapped, labels only and all outputs"),
+    ],
+    # Issue 12: N cameras batched through one model vs one model per camera (the node-level
+    # benchmark needs ROS, which the GPU machine lacks).
+    "bench_streams": [
+        Row("sed_b_bf16", BENCH_STREAMS + ["--model", "sed_convnext_base", "--precision", "bf16", "--cameras", "1", "2", "4",
+            "--image", "640x480", "--camera-hz", "200", "--frames", "40"], 120, "4 cameras: batched (one model) vs separate (4 models)"),
+        Row("san_b_bf16", BENCH_STREAMS + ["--model", "san_vit_b_16", "--precision", "bf16", "--cameras", "1", "2", "4",
+            "--image", "640x480", "--camera-hz", "200", "--frames", "40"], 120),
     ],
     "bench_model": [
         Row("sed_b_bf16", BENCH_MODEL + ["--model", "sed_convnext_base", "--precision", "bf16"] + SED_VOCABS_CER + MODEL_FRAMES, 120),
@@ -101,6 +111,10 @@ SMALL: dict[str, list[Row]] = {
     ],
     "bench_pipeline": [
         Row("san_tiny", BENCH_PIPELINE + ["--model", "san_tiny_dev", "--size", "160x120", "--vocab", "ade150", "--frames", "3"], 60),
+    ],
+    "bench_streams": [
+        Row("san_tiny", BENCH_STREAMS + ["--model", "san_tiny_dev", "--cameras", "1", "2", "--image", "160x120", "--classes", "6",
+            "--frames", "3"], 60),
     ],
     "bench_model": [
         # CER off or top-8 keeps all 150 classes: 8 s a frame here; forced rejection keeps 2.
