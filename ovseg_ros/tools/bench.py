@@ -486,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     cameras.add_argument("--seconds", type=float, default=20.0, help="measured window per (N, mode)")
     cameras.add_argument("--warmup", type=float, default=3.0, help="seconds after every camera's first answer, before the window")
     cameras.add_argument("--log-dir", type=Path, default=Path("out/bench_cameras"), help="node logs")
+    cameras.add_argument("--ready-timeout", type=float, default=0.0, help="seconds for the nodes to come up and answer every camera (0: the node benchmark's)")
     args = parser.parse_args(argv)
     if args.command == "cameras":
         from ovseg_ros.tools.bench_cameras import bench_cameras  # needs ROS 2

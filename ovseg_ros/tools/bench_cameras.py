@@ -68,6 +68,7 @@ class Settings:
     warmup_s: float
     cpu_threads: int  # 0: the node's default
     log_dir: Path
+    ready_timeout_s: float  # for the nodes to come up and answer every camera
 
 
 @dataclass
@@ -186,7 +187,7 @@ class CameraRun:
         # Labels are subscribed (their transport counts) but not kept: a run would hold hundreds of them.
         self.label_subscriptions = [node.create_subscription(Image, f"{prefix}/segmentation/label", lambda data: None, 10, raw=True) for prefix in self.topics.values()]
         self.publishers = {name: node.create_publisher(Image, f"{prefix}/image", RELIABLE) for name, prefix in self.topics.items()}
-        ready = self.peer.wait_for(lambda: all(p.get_subscription_count() > 0 for p in self.publishers.values()) or self.exited(), READY_TIMEOUT_S)
+        ready = self.peer.wait_for(lambda: all(p.get_subscription_count() > 0 for p in self.publishers.values()) or self.exited(), self.settings.ready_timeout_s)
         if not ready or self.exited():
             raise RuntimeError(f"{self.mode} N={self.count}: the nodes did not come up:\n" + "\n".join(n.log_text()[-2000:] for n in self.nodes))
 
@@ -244,7 +245,7 @@ class CameraRun:
         publisher = threading.Thread(target=self.publish, args=(stop,), daemon=True)
         publisher.start()
         try:
-            warm = self.peer.wait_for(lambda: all(r.messages for r in self.infos.values()) or self.exited(), READY_TIMEOUT_S)
+            warm = self.peer.wait_for(lambda: all(r.messages for r in self.infos.values()) or self.exited(), s.ready_timeout_s)
             if not warm or self.exited():
                 raise RuntimeError(f"{self.mode} N={self.count}: not every camera was answered:\n" + "\n".join(n.log_text()[-2000:] for n in self.nodes))
             time.sleep(s.warmup_s)
@@ -341,7 +342,7 @@ def bench_cameras(args: argparse.Namespace) -> int:
     """``bench cameras``: print the set-up, the table and the ratios."""
     width, height = (int(v) for v in args.image.lower().split("x"))
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    settings = Settings(args.model, device, args.weights, args.precision, width, height, args.camera_hz, args.seconds, args.warmup, args.threads, args.log_dir)
+    settings = Settings(args.model, device, args.weights, args.precision, width, height, args.camera_hz, args.seconds, args.warmup, args.threads, args.log_dir, args.ready_timeout or READY_TIMEOUT_S)
     for name, value in isolated_ros_environment(args.log_dir.resolve() / "ros_home").items():
         os.environ.setdefault(name, value)  # a caller's (the tests') isolation wins
     load = os.getloadavg()[0]
