@@ -190,6 +190,7 @@ class CameraIO:
     prefix: str  # of its topics: "front/" (front/image, front/segmentation/label), "" for the node's own
     stats: FrameStats
     unpaired: UnpairedFrames
+    image_topic: str = ""  # subscribed, fully resolved (namespace, remapping)
     label_pub: object = None
     color_pub: object = None
     overlay_pub: object = None
@@ -371,7 +372,10 @@ class OvsegNode(LifecycleNode):
         with self._output_lock:
             self._active = False
             self._activation += 1
+            # With the classes: a vocabulary change reads both at once, so one that began
+            # before sees another configuration, one that begins now sees no classes.
             self._configuration += 1
+            classes, self._classes = self._classes, None
             self._stop.set()
         deadline = time.monotonic() + join_timeout
         if self._publisher_thread is not None and self._publisher_thread.ident is not None:  # not started: configure raised first
@@ -380,7 +384,7 @@ class OvsegNode(LifecycleNode):
             self.get_logger().error(f"the frame in flight did not finish within {join_timeout:.0f} s; configure is refused until it has")
         self._vocabularies.attach(None)
         with self._output_lock:
-            masks = [publisher for camera in self._classes.masks.values() for publisher in camera.publishers.values()] if self._classes else []
+            masks = [publisher for camera in classes.masks.values() for publisher in camera.publishers.values()] if classes else []
             for entity in self._entities + masks:
                 if hasattr(entity, "publish"):
                     self.destroy_lifecycle_publisher(entity)
@@ -388,7 +392,7 @@ class OvsegNode(LifecycleNode):
                     self.destroy_subscription(entity)
             for camera in self._cameras.values():
                 self._diagnostics.removeByName(camera.diagnostics_name)
-            self._entities, self._classes, self._cameras = [], None, {}
+            self._entities, self._cameras = [], {}
             self._pipeline = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -470,6 +474,7 @@ class OvsegNode(LifecycleNode):
         }
         image_type, image_topic = (CompressedImage, "image/compressed") if self._param("input_transport") == "compressed" else (Image, "image")
         image_topic = camera.prefix + image_topic
+        camera.image_topic = self.resolve_topic_name(image_topic)
         use_depth = self._param("use_depth")
         if not (self._param("use_camera_info") or use_depth):
             self._entities.append(self.create_subscription(image_type, image_topic, partial(self._on_image, camera), qos_profile_sensor_data, **options))
@@ -668,9 +673,7 @@ class OvsegNode(LifecycleNode):
         except torch.cuda.OutOfMemoryError as exc:
             raise VocabularyError(f"out of GPU memory encoding {len(names)} classes: {exc}") from exc
         with self._output_lock:
-            # A cleanup that began before this change read the classes bumps the configuration
-            # first and releases the classes last: either tells.
-            if self._configuration != configuration or self._classes is None:
+            if self._configuration != configuration:
                 raise VocabularyError("the node was cleaned up or shut down while the vocabulary was encoded: not applied")
             vocabulary = self._install_classes(vocabulary)
         self.get_logger().info(f"vocabulary v{vocabulary.version}: {', '.join(vocabulary.names)}")
@@ -814,10 +817,7 @@ class OvsegNode(LifecycleNode):
             "device": status.hardware_id,
             "vocabulary_size": len(classes.vocabulary.names) if classes else 0,
             "vocabulary_version": classes.vocabulary.version if classes else 0,
-            "input_rate_hz": f"{stats['input_hz']:.2f}",
-            "processed_rate_hz": f"{stats['processed_hz']:.2f}",
-            # Over the node's life: received = processed + dropped + failed + ignored + in_flight.
-            **{f"frames_{outcome}": count for outcome, count in self._stats.counts().items()},
+            **_frame_values(stats, self._stats.counts()),
             "inference_threads": sum(thread.name == INFERENCE_THREAD_NAME for thread in threading.enumerate()),
             # The K frames run with now (the latency budget moves it); 0: off or not SED.
             "cer_topk": (pipeline.cer_topk or 0) if pipeline else 0,
@@ -827,8 +827,6 @@ class OvsegNode(LifecycleNode):
             "cameras": ", ".join(repr(name) for name in self._cameras),
             "max_batch": self._param("max_batch"),
             "last_frame_error": self._last_frame_error,
-            "latency_p50_ms": f"{stats['latency_p50_ms']:.1f}",
-            "latency_p95_ms": f"{stats['latency_p95_ms']:.1f}",
         }
         if pipeline is not None and pipeline.device.type == "cuda":
             values["gpu_memory_allocated_mb"] = f"{torch.cuda.memory_allocated(pipeline.device) / 2**20:.1f}"
@@ -839,11 +837,10 @@ class OvsegNode(LifecycleNode):
     def _report_camera(self, camera: CameraIO, status: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
         """The Updater's ``<node>: camera <name>`` status of each camera, once per period."""
         stats = camera.stats.snapshot(time.monotonic())
-        counts = camera.stats.counts()
         if not self._active:
             status.summary(DiagnosticStatus.WARN, "inactive")
         elif stats["input_hz"] == 0.0:
-            status.summary(DiagnosticStatus.WARN, f"no frames on {self.resolve_topic_name(camera.prefix + 'image')}")
+            status.summary(DiagnosticStatus.WARN, f"no frames on {camera.image_topic}")
         elif time.monotonic() - camera.unpaired.last_at < LOG_THROTTLE_S:
             status.summary(DiagnosticStatus.WARN, f"frames without a {self._partner_names()} of their stamp are not processed")
         else:
@@ -851,17 +848,25 @@ class OvsegNode(LifecycleNode):
         values = {
             "node": self.get_fully_qualified_name(),
             "camera": camera.name,
-            "image_topic": self.resolve_topic_name(camera.prefix + "image"),
-            "input_rate_hz": f"{stats['input_hz']:.2f}",
-            "processed_rate_hz": f"{stats['processed_hz']:.2f}",
-            **{f"frames_{outcome}": count for outcome, count in counts.items()},
+            "image_topic": camera.image_topic,
+            **_frame_values(stats, camera.stats.counts()),
             "frames_unsynchronized": camera.unpaired.count,
-            "latency_p50_ms": f"{stats['latency_p50_ms']:.1f}",
-            "latency_p95_ms": f"{stats['latency_p95_ms']:.1f}",
         }
         for key, value in values.items():
             status.add(key, str(value))
         return status
+
+
+def _frame_values(rates: dict[str, float], counts: dict[str, int]) -> dict[str, str]:
+    """A status's frame figures: rates and latency of a FrameStats snapshot, and its counters
+    over the node's life (received = processed + dropped + failed + ignored + in_flight)."""
+    return {
+        "input_rate_hz": f"{rates['input_hz']:.2f}",
+        "processed_rate_hz": f"{rates['processed_hz']:.2f}",
+        **{f"frames_{outcome}": str(count) for outcome, count in counts.items()},
+        "latency_p50_ms": f"{rates['latency_p50_ms']:.1f}",
+        "latency_p95_ms": f"{rates['latency_p95_ms']:.1f}",
+    }
 
 
 def _frame_error_message(error: Exception) -> str:

@@ -60,6 +60,17 @@ def ros2_tools() -> str:
 DDS_TEST_RERUNS = 2
 
 
+@pytest.fixture
+def peer(request):
+    """A ROS participant of the test's own, gone after it (so the nodes of one test are not
+    remembered in the next). Modules that share one across their tests define their own."""
+    from ovseg_ros.tools.harness import Peer  # initialises rclpy: after this run's environment is set
+
+    peer = Peer(f"{request.module.__name__}_peer")
+    yield peer
+    peer.close()
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "ros2_tools" in getattr(item, "fixturenames", ()):

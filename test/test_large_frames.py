@@ -8,7 +8,6 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from ovseg_ros.tools.harness import Peer
 from ovseg_ros.msg import SegmentationInfo
 
 from node_settings import answer_timeout, resend_until
@@ -25,13 +24,6 @@ QOS_OVERRIDES_YAML = """\
         subscription:
           reliability: reliable
 """
-
-
-@pytest.fixture
-def peer():
-    peer = Peer("test_large_frames_peer")
-    yield peer
-    peer.close()
 
 
 def test_a_4k_frame_arrives_over_a_reliable_input_and_is_answered(tmp_path, peer):

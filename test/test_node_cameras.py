@@ -153,13 +153,6 @@ def check_counters(totals: dict[str, int], cameras: dict[str, dict[str, int]]) -
     assert totals == {counter: sum(c[counter] for c in cameras.values()) for counter in FRAME_COUNTERS}, f"totals {totals} != the sum of {cameras}"
 
 
-@pytest.fixture
-def peer():
-    peer = Peer("cameras_test_peer")
-    yield peer
-    peer.close()
-
-
 # -- three cameras, different rates and sizes, one stops ---------------------------------------
 
 THREE_CAMERAS = {  # name -> (height, width, rate Hz); left's 16:9 is a model input size of its own

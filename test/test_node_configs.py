@@ -26,13 +26,6 @@ pytestmark = pytest.mark.usefixtures("ros2_tools")
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-@pytest.fixture
-def peer():
-    peer = Peer("test_configs_peer")
-    yield peer
-    peer.close()
-
-
 def start(tmp_path, namespace: str, *extra: str, **values: str) -> NodeProcess:
     values = {"namespace": namespace, "image_topic": f"/{namespace}/image_raw", "model": TEST_MODEL, "device": "cpu", **values}
     return NodeProcess(values, tmp_path / f"{namespace}.log", extra_args=list(extra))

@@ -36,13 +36,6 @@ pytestmark = pytest.mark.usefixtures("ros2_tools")
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-@pytest.fixture
-def peer():  # a participant per round: the last round's nodes are gone, not half-remembered
-    peer = Peer("shutdown_peer")
-    yield peer
-    peer.close()
-
-
 def start(tmp_path, namespace: str, *extra: str, env: dict[str, str] | None = None) -> NodeProcess:
     values = {"namespace": namespace, "image_topic": f"/{namespace}/image_raw", "model": TEST_MODEL, "device": "cpu"}
     return NodeProcess(values, tmp_path / f"{namespace}.log", extra_args=list(extra), env=env)
