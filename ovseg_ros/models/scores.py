@@ -101,7 +101,8 @@ class UpsampledScores(ClassScores):
     size.
 
     Args:
-        coarse: (T, h, w) float scores, e.g. SED's (T, 192, 192) sigmoid probabilities.
+        coarse: (T, h, w) float scores, e.g. SED's (T, 192, 192) sigmoid probabilities; kept
+            in float32 (a bf16 map would put every probability above ~0.996 on two values).
         valid_size: (hc, wc), the part of the map kept by the crop; sizes beyond the map's
             keep all of it (SED passes the size of the image the model received, which crops
             only when a side of that image is below 192).
@@ -117,7 +118,7 @@ class UpsampledScores(ClassScores):
                  candidates: torch.Tensor | None = None):
         if coarse.dim() != 3:
             raise ValueError(f"coarse scores are (T, h, w), got {tuple(coarse.shape)}")
-        self._coarse = coarse
+        self._coarse = coarse.float()  # stored and compared in float32 whatever autocast made (its memory is small)
         self.valid_size = (int(valid_size[0]), int(valid_size[1]))
         self.num_classes = coarse.shape[0]
         self.chunk_bytes = chunk_bytes
@@ -175,6 +176,8 @@ class SANScores(ClassScores):
     Args:
         class_probs: (Q, T) softmax over each mask's class logits, background column dropped.
         mask_preds: (Q, h, w) mask logits on the side adapter's grid.
+        Both are kept in float32: under CUDA autocast the softmax comes out in float32 and the
+        masks in bf16/fp16, which no einsum takes together; their memory is small (Q x T, Q x h x w).
         image_size: (H, W) of the image the model received.
         padded_size: (Hp, Wp) of that image padded to the size divisibility; (h, w) covers it.
         chunk_bytes: see :class:`ClassScores`.
@@ -185,8 +188,8 @@ class SANScores(ClassScores):
         if class_probs.dim() != 2 or mask_preds.dim() != 3 or class_probs.shape[0] != mask_preds.shape[0]:
             raise ValueError(f"need class_probs (Q, T) and mask_preds (Q, h, w), got {tuple(class_probs.shape)} "
                              f"and {tuple(mask_preds.shape)}")
-        self.class_probs = class_probs
-        self.mask_preds = mask_preds
+        self.class_probs = class_probs.float()
+        self.mask_preds = mask_preds.float()
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.padded_size = (int(padded_size[0]), int(padded_size[1]))
         self.num_classes = class_probs.shape[1]

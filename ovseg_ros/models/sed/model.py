@@ -39,7 +39,7 @@ class SEDOutput:
         logits: (K, 192, 192) logits of the classes that reached the last stage.
         kept: (K,) their class ids (all T without CER).
         kept_per_stage: CER's cumulative kept ids before decoder stages 1..3; empty without CER.
-        probs: (T, 192, 192) sigmoid probabilities; classes rejected by CER are exactly 0.
+        probs: (T, 192, 192) float32 sigmoid probabilities; classes rejected by CER are exactly 0.
         image_size: (H, W) of the image the model received.
     """
 
@@ -117,8 +117,10 @@ class SED(OpenVocabModel):
             dense = features.dense[i : i + 1]
             decoded = self.decoder(dense, tuple(g[i : i + 1] for g in features.guidance), text_features, self.cer_topk)
             with stage("postprocess"):
-                probs = decoded.logits.new_zeros((len(text_features), *decoded.logits.shape[-2:]))
-                probs[decoded.kept] = decoded.logits.sigmoid()
+                # float32 whatever autocast made the logits: stored in bf16, every probability
+                # above ~0.996 would fall on one of two values and argmax ties go to the lowest id.
+                probs = decoded.logits.new_zeros((len(text_features), *decoded.logits.shape[-2:]), dtype=torch.float32)
+                probs[decoded.kept] = decoded.logits.float().sigmoid()
             outputs.append(SEDOutput(clip_input[i : i + 1], dense, decoded.logits, decoded.kept, decoded.kept_per_stage,
                                      probs, tuple(images.shape[-2:])))
         return outputs
