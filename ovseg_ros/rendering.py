@@ -14,6 +14,8 @@ import hashlib
 import numpy as np
 import torch
 
+from .uploads import upload
+
 try:
     import cv2
 except ImportError:  # the GPU check machine has no OpenCV (robots do): the torch path runs without it
@@ -92,7 +94,7 @@ class Renderer:
             raise ImportError("the CPU rendering path needs OpenCV (python3-opencv / opencv-python), which is not "
                               "installed; Renderer(..., torch_ops=True) renders without it")
         colors = palette(class_names, scheme)
-        self.palette = torch.from_numpy(colors).to(self.device)
+        self.palette = upload(colors, self.device)
         if self.num_classes <= 254:
             self.unlabeled_id, self.label_dtype = 255, torch.uint8
         else:
@@ -101,10 +103,11 @@ class Renderer:
         table = np.zeros((self.unlabeled_id + 1, 4), np.uint8)  # RGB + padding byte
         table[:, :3] = colors[-1]
         table[: self.num_classes, :3] = colors[:-1]
-        self._color_table = torch.from_numpy(np.ascontiguousarray(table[:, :3])).to(self.device)  # (V, 3)
+        self._color_table = upload(table[:, :3], self.device)  # (V, 3)
         # cv2/numpy path: each RGB0 row as one 4-byte word (byte view, so endian-agnostic),
         # looked up in one pass; RGBA -> RGB then drops the padding (cheaper than a 3-channel LUT).
         self._packed_table = table.view(np.int32).reshape(-1, 1) if self.unlabeled_id == 255 else table.view(np.uint32).ravel()
+        self._mask_ids_cache: tuple[tuple, torch.Tensor] | None = None  # (ids, dtype) -> their device tensor
 
     # -- public API ---------------------------------------------------------------------
 
@@ -150,8 +153,7 @@ class Renderer:
         if any(not 0 <= i < self.num_classes for i in class_ids):
             raise ValueError(f"class ids must be in 0..{self.num_classes - 1}, got {class_ids}")
         if self.torch_ops:
-            ids = torch.tensor(class_ids, dtype=labels.dtype, device=labels.device).view(-1, 1, 1)
-            return (labels.unsqueeze(0) == ids).to(torch.uint8).mul_(255)
+            return (labels.unsqueeze(0) == self._mask_ids(class_ids, labels.dtype)).to(torch.uint8).mul_(255)
         labels_np = _host_view(labels)
         out = np.empty((len(class_ids), *labels_np.shape), np.uint8)
         for n, class_id in enumerate(class_ids):
@@ -187,6 +189,14 @@ class Renderer:
         return torch.from_numpy(counts[: self.num_classes].copy())
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _mask_ids(self, class_ids: list[int], dtype: torch.dtype) -> torch.Tensor:
+        """(N, 1, 1) ``class_ids`` on the device, made once per set of ids (the subscribed masks
+        change far less often than frames come), uploaded without blocking the host."""
+        key = (tuple(class_ids), dtype)
+        if self._mask_ids_cache is None or self._mask_ids_cache[0] != key:
+            self._mask_ids_cache = (key, upload(torch.tensor(class_ids, dtype=dtype).view(-1, 1, 1), self.device))
+        return self._mask_ids_cache[1]
 
     def _check_labels(self, labels: torch.Tensor) -> None:
         if labels.dtype != self.label_dtype or labels.dim() != 2:

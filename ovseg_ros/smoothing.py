@@ -18,7 +18,8 @@ more likely"; the blend is linear, so they may be probabilities (SED) or unbound
 non-negative sums (SAN).
 
 The state lives on the scores' device (warped there with ``grid_sample``); only the
-flow runs on the CPU, at reduced resolution, and is uploaded as one small tensor.
+flow runs on the CPU, at reduced resolution, and is uploaded as one small tensor (on CUDA
+from pinned memory, without blocking the host).
 The smoother resets (its output is the current scores, which become the state) when the
 timestamp goes backwards, after a gap longer than ``max_gap_s``, and when the
 resolution, the class count, the vocabulary version or the device changes;
@@ -36,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .uploads import upload
 
 try:
     import cv2
@@ -243,8 +246,7 @@ class TemporalSmoother:
 
         # Flow in grid_sample's normalised units (2 / size per pixel) is the same at any
         # resolution, so it is upsampled as is, together with the reliability.
-        small = np.stack([backward[..., 0] * (2.0 / w), backward[..., 1] * (2.0 / h), reliability])
-        small = torch.from_numpy(small.astype(np.float32)).to(state.device)
+        small = upload(np.stack([backward[..., 0] * (2.0 / w), backward[..., 1] * (2.0 / h), reliability]).astype(np.float32), state.device)
         full = F.interpolate(small[None], size=state.shape[1:], mode="bilinear", align_corners=False)[0]
         grid = self._identity_grid(state.shape[1:], state.device) + full[:2].permute(1, 2, 0)
         warped = F.grid_sample(

@@ -101,7 +101,7 @@ class SANPrediction:
 
     def scores(self, index: int = 0) -> SANScores:
         """The class scores of semantic inference of image ``index`` (no background channel)."""
-        class_probs = self.mask_logits[index].softmax(dim=-1)[:, :-1]
+        class_probs = self.mask_logits[index].float().softmax(dim=-1)[:, :-1]  # float32, as CUDA autocast gives it
         return SANScores(class_probs, self.mask_preds[index], self.image_size, self.padded_size)
 
 
@@ -138,6 +138,9 @@ class SAN(OpenVocabModel):
             mlp_channels=config.decoder_channels,
         )
         self.ov_classifier = TextEncoder(config.text_width, config.text_heads, config.text_layers, config.embed_dim)
+        # Buffers, not tensors made from Python values per frame (a host-to-device copy each on CUDA).
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
     def encode_text(self, class_names: list[str]) -> torch.Tensor:
         """(T, D) unit-norm class embeddings averaged over the 14 ViLD templates."""
@@ -186,9 +189,7 @@ class SAN(OpenVocabModel):
     def _normalise_and_pad(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) 0..255 -> normalised, zero-padded bottom/right to a multiple of
         ``size_divisibility`` (padding after normalisation, as detectron2's ImageList does)."""
-        mean = image.new_tensor(PIXEL_MEAN).view(1, 3, 1, 1)
-        std = image.new_tensor(PIXEL_STD).view(1, 3, 1, 1)
         div = self.config.size_divisibility
         height, width = image.shape[-2:]
         pad_h, pad_w = -height % div, -width % div
-        return F.pad((image - mean) / std, (0, pad_w, 0, pad_h))
+        return F.pad((image - self.pixel_mean) / self.pixel_std, (0, pad_w, 0, pad_h))
