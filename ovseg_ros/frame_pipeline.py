@@ -417,6 +417,7 @@ class FramePipeline:
         if not self._cuda:
             return self._infer_batch_on_device(prepared, vocabulary, stamps_s, requests, cer_topk)
         with torch.cuda.stream(self._compute_stream):
+            self._wait_for_text_features(vocabulary)
             for frame in prepared:
                 self._wait_for_upload(frame)
             inferred = self._infer_batch_on_device(prepared, vocabulary, stamps_s, requests, cer_topk)
@@ -463,6 +464,16 @@ class FramePipeline:
             self.cer_budget.budget_ms = budget_ms
 
     # -- on the device ------------------------------------------------------------------
+
+    def _wait_for_text_features(self, vocabulary: Vocabulary) -> None:
+        """The compute stream waits until the vocabulary's text features are written (they were
+        computed on the encoding thread's stream: the first frame after a change, or the warm-up
+        frame, could otherwise read them half-written)."""
+        if vocabulary.ready is not None:
+            self._compute_stream.wait_event(vocabulary.ready)
+        # Allocated on the encoding thread's stream, read on this one: not to be reused while
+        # a frame still reads them after the vocabulary is replaced.
+        vocabulary.text_features.record_stream(self._compute_stream)
 
     def _wait_for_upload(self, prepared: PreparedFrame) -> None:
         """The compute stream waits for ``prepared``'s upload and resize."""

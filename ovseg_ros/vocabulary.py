@@ -47,11 +47,15 @@ class Vocabulary:
         names: the validated class names; label id i is ``names[i]``.
         text_features: (T, ...) float32, as the model's ``encode_text`` returns, on its device.
         version: > 0 once installed by a :class:`VocabularyManager`; never names two class lists.
+        ready: on CUDA, recorded on the stream that computed ``text_features`` (the encoding
+            thread's) once they are written: a frame's stream waits for it before reading them.
+            None where nothing is pending (CPU, or features copied with a blocking copy).
     """
 
     names: tuple[str, ...]
     text_features: torch.Tensor
     version: int
+    ready: torch.cuda.Event | None = None
 
     @property
     def unlabeled_id(self) -> int:
@@ -92,13 +96,18 @@ class VocabularyManager:
         if encode is None:
             raise VocabularyError("no model to encode the vocabulary with (the node is not configured)")
         names = validate_class_names(names)
-        return Vocabulary(tuple(names), encode(names).float(), 0)
+        features = encode(names).float()
+        ready = None
+        if features.is_cuda:  # written on this thread's stream; frames read them on another
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(features.device))
+        return Vocabulary(tuple(names), features, 0, ready)
 
     def install(self, vocabulary: Vocabulary) -> Vocabulary:
         """Make ``vocabulary`` current under the next version; returns the installed one."""
         with self._lock:
             self._last_version += 1
-            self.current = Vocabulary(vocabulary.names, vocabulary.text_features, self._last_version)
+            self.current = Vocabulary(vocabulary.names, vocabulary.text_features, self._last_version, vocabulary.ready)
             return self.current
 
 
