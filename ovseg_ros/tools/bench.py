@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from ovseg_ros.frame_pipeline import FramePipeline, OutputRequest, RawImageData
@@ -78,6 +79,7 @@ class StageTimes:
     vocab: str
     classes: int
     topk: int  # CER top-K, 0 = off
+    compile: str  # "off" or the torch.compile mode
     stages_ms: dict[str, float]  # per frame, median over repeats
     total_ms: float | None  # wall time per frame, median over repeats, no profiler; None: out of memory
     peak_gb: float  # peak memory while this configuration ran
@@ -86,6 +88,7 @@ class StageTimes:
     @property
     def label(self) -> str:
         text = f"{self.vocab} ({self.classes}), CER {'top-' + str(self.topk) if self.topk else 'off'}"
+        text += f", compile {self.compile}" if self.compile != "off" else ""
         return text + (f", kept {'/'.join(map(str, self.kept))}" if self.kept else "")
 
 
@@ -98,12 +101,20 @@ def machine_description(device: torch.device) -> str:
     return text
 
 
-def build_pipeline(args: argparse.Namespace) -> tuple[FramePipeline, Path | None]:
+def build_pipeline(args: argparse.Namespace, compile_setting: str | None = None) -> tuple[FramePipeline, Path | None]:
     """The frame path as the node builds it (CER off until a row sets it), without smoothing
-    (its cost is bench_smoothing's)."""
-    compile_mode = None if args.compile == "off" else args.compile
+    (its cost is bench_smoothing's); compiled as ``compile_setting`` (default: the one ``--compile``)."""
+    compile_setting = compile_setting or only_compile_setting(args)
+    compile_mode = None if compile_setting == "off" else compile_setting
     segmenter, weights = build_segmenter(args.model, args.weights, args.device, args.precision, cpu_threads=args.threads, compile_mode=compile_mode)
     return FramePipeline(segmenter, VocabularyManager(segmenter.encode_text), TemporalSmoother("none")), weights
+
+
+def only_compile_setting(args: argparse.Namespace) -> str:
+    """The ``--compile`` setting of a command that runs one (only ``model`` compares several)."""
+    if len(args.compile) != 1:
+        raise SystemExit(f"bench {args.command}: --compile takes one mode here, not {' '.join(args.compile)}")
+    return args.compile[0]
 
 
 def camera_frame(width: int, height: int) -> RawImageData:
@@ -154,21 +165,35 @@ def random_vocabulary(segmenter: Segmenter, names: list[str], distinct: int = 0)
     return Vocabulary(tuple(names), features.to(segmenter.device), 1)
 
 
+def stage_times_ms(rows, cuda: bool) -> dict[str, float]:
+    """Milliseconds per ``ovseg.*`` stage from a profiler's ``key_averages()`` rows, each counted once.
+
+    With CUDA, each label has two rows: the host range (``device_type`` CPU), whose
+    ``device_time_total`` sums the kernels launched inside it and its children, and the GPU
+    annotation (``device_type`` CUDA), which spans its first to last kernel; adding both would
+    count every kernel twice. The host row's kernel sum is used (nesting-safe, and the kernels
+    of compiled graphs run inside it count); without CUDA, its ``cpu_time_total``. Stages of the
+    same name (the pipeline's and a model's own ``postprocess``) add up.
+    """
+    stages: dict[str, float] = {}
+    for row in rows:
+        if not row.key.startswith(STAGE_PREFIX) or row.device_type != DeviceType.CPU:
+            continue
+        micros = row.device_time_total if cuda else row.cpu_time_total
+        name = row.key.removeprefix(STAGE_PREFIX)
+        stages[name] = stages.get(name, 0.0) + micros / 1000.0
+    return stages
+
+
 def profile_frames(pipeline: FramePipeline, frame: RawImageData, vocabulary: Vocabulary, repeats: int) -> tuple[dict[str, float], float]:
-    """Per-stage ms (profiler, summed over labels of the same stage) and wall ms, per frame."""
+    """Per-stage ms (profiler, :func:`stage_times_ms`) and wall ms, per frame (medians over ``repeats``)."""
     device = pipeline.device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     per_frame = []
     for _ in range(repeats):
         with profile(activities=activities) as prof:
             pipeline.process(frame, 0.0, vocabulary=vocabulary)
-        stages: dict[str, float] = {}
-        for event in prof.key_averages():
-            if event.key.startswith(STAGE_PREFIX):
-                micros = event.device_time_total if device.type == "cuda" else event.cpu_time_total
-                name = event.key.removeprefix(STAGE_PREFIX)
-                stages[name] = stages.get(name, 0.0) + micros / 1000.0
-        per_frame.append(stages)
+        per_frame.append(stage_times_ms(prof.key_averages(), cuda=device.type == "cuda"))
     walls = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -179,13 +204,24 @@ def profile_frames(pipeline: FramePipeline, frame: RawImageData, vocabulary: Voc
 
 
 def bench_model(args: argparse.Namespace) -> int:
+    """Every (compile mode, vocabulary, CER K) combination of the arguments, in one run; one
+    freshly built model per compile mode (its first warm-up frames compile)."""
     load_at_start = os.getloadavg()[0]
-    pipeline, weights = build_pipeline(args)
-    segmenter = pipeline.segmenter
-    kept_counts = cer_kept_counts(segmenter)
     width, height = (int(v) for v in args.image.lower().split("x"))
     frame = camera_frame(width, height)
+    results = []
+    for compile_setting in args.compile:
+        pipeline, weights = build_pipeline(args, compile_setting)
+        results += model_rows(args, pipeline, frame, compile_setting)
+        segmenter = pipeline.segmenter
+        del pipeline  # one model on the device at a time
+    print_model_table(args, segmenter, weights, (height, width), results, (load_at_start, os.getloadavg()[0]))
+    return 0
 
+
+def model_rows(args: argparse.Namespace, pipeline: FramePipeline, frame: RawImageData, compile_setting: str) -> list[StageTimes]:
+    segmenter = pipeline.segmenter
+    kept_counts = cer_kept_counts(segmenter)
     results = []
     for vocab_name in args.vocab:
         names = load_class_list(vocab_name)
@@ -209,18 +245,16 @@ def bench_model(args: argparse.Namespace) -> int:
                 if not is_out_of_memory(error):
                     raise
                 stages, total, outcome = {}, None, f"out of memory: {str(error).splitlines()[0]}"
-            result = StageTimes(vocab_name, len(names), topk, stages, total, peak_memory_gb(segmenter.device), list(kept_counts))
+            result = StageTimes(vocab_name, len(names), topk, compile_setting, stages, total, peak_memory_gb(segmenter.device), list(kept_counts))
             results.append(result)
-            print(f"measured {result.label}: {outcome}", file=sys.stderr)
-
-    print_model_table(args, segmenter, weights, (height, width), results, (load_at_start, os.getloadavg()[0]))
-    return 0
+            print(f"measured {result.label}: {outcome}", file=sys.stderr, flush=True)
+    return results
 
 
 def print_model_table(args, segmenter: Segmenter, weights, size: tuple[int, int], results: list[StageTimes], load: tuple[float, float]) -> None:
     stage_names = [name for name in ("decode", "preprocess", "backbone", "cost_map", "side_adapter", "recognition", "decoder", "postprocess", "download") if any(name in r.stages_ms for r in results)]
     features = "encoded" if args.encode_text else (f"random, {args.distinct} distinct (forced rejection)" if args.distinct else "random")
-    print(f"\nmodel {args.model}, weights {weights or 'random'}, {segmenter.device} {args.precision}, compile {args.compile}, image {size[1]}x{size[0]}, "
+    print(f"\nmodel {args.model}, weights {weights or 'random'}, {segmenter.device} {args.precision}, compile {' / '.join(args.compile)}, image {size[1]}x{size[0]}, "
           f"{args.warmup} warmup + {args.repeats} repeats (median), text features {features}")
     print(f"machine: {machine_description(segmenter.device)}; torch {torch.__version__}; "
           f"load average {load[0]:.2f} at start, {load[1]:.2f} at end")
@@ -238,7 +272,11 @@ def print_model_table(args, segmenter: Segmenter, weights, size: tuple[int, int]
         for r in measured[1:]:
             print(f"  {r.label} / {base.label}: {r.total_ms / base.total_ms:.2f}x")
         for r in measured:
-            off = next((o for o in measured if o.vocab == r.vocab and not o.topk), None)
+            eager = next((o for o in measured if (o.vocab, o.topk, o.compile) == (r.vocab, r.topk, "off")), None)
+            if r.compile != "off" and eager is not None:
+                print(f"  {r.label} vs eager: total {r.total_ms / eager.total_ms:.2f}x")
+        for r in measured:
+            off = next((o for o in measured if o.vocab == r.vocab and not o.topk and o.compile == r.compile), None)
             if r.topk and off is not None:
                 print(f"  {r.label} vs CER off: total {r.total_ms / off.total_ms:.2f}x, "
                       f"decoder {r.stages_ms['decoder'] / off.stages_ms['decoder']:.2f}x")
@@ -418,8 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--device", default="auto")
     common.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     common.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    common.add_argument("--compile", default="off", choices=("off", *COMPILE_MODES),
-                        help="torch.compile mode of the model's heavy parts (Segmenter compile_mode; off: eager)")
+    common.add_argument("--compile", nargs="+", default=["off"], choices=("off", *COMPILE_MODES),
+                        help="torch.compile mode of the model's heavy parts (Segmenter compile_mode; off: eager); "
+                        "model compares several, each on a model of its own")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--image", default="768x768", help="camera image WIDTHxHEIGHT")
     model.add_argument("--vocab", nargs="+", default=["ade150", "ade847"], help="shipped class lists")
