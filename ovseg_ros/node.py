@@ -72,7 +72,7 @@ from ovseg_ros.models.checkpoint import CheckpointError
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.parameters import PARAMETERS, PARAMETERS_BY_NAME
 from ovseg_ros.point_cloud import point_cloud_msg
-from ovseg_ros.segmenter import Segmenter, build_segmenter
+from ovseg_ros.segmenter import Segmenter, build_segmenter, compile_mode_for_threads
 from ovseg_ros.smoothing import TemporalSmoother, smoothing_mode
 from ovseg_ros.srv import SetVocabulary
 from ovseg_ros.topic_names import camera_prefixes, mask_topic_names
@@ -410,6 +410,9 @@ class OvsegNode(LifecycleNode):
         # Torch's threads spin on every core; one left free keeps image callbacks flowing
         # (with all cores taken, frames overflowed the subscription queue).
         cpu_threads = self._param("cpu_threads") or max(1, (os.cpu_count() or 2) - 1)
+        compile_mode, compile_note = compile_mode_for_threads(None if self._param("compile") == "off" else self._param("compile"))
+        if compile_note:
+            self.get_logger().warning(compile_note)
         segmenter, weights = build_segmenter(
             model_name,
             self._param("weights"),
@@ -418,6 +421,7 @@ class OvsegNode(LifecycleNode):
             self._param("input_short_edge"),
             self._param("cer_topk"),
             cpu_threads,
+            compile_mode,
         )
         if weights is None:
             self._weights_note = "RANDOM weights: labels are meaningless"
@@ -430,7 +434,7 @@ class OvsegNode(LifecycleNode):
             self._weights_note = str(weights)
         cer_topk = segmenter.cer_topk
         self.get_logger().info(
-            f"model {model_name} on {segmenter.device} ({self._param('precision')}), weights: {weights or 'random'}, "
+            f"model {model_name} on {segmenter.device} ({self._param('precision')}, compile {compile_mode or 'off'}), weights: {weights or 'random'}, "
             f"category early rejection: {f'top-{cer_topk}' if cer_topk else 'off'}"
         )
         return segmenter

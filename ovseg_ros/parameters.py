@@ -34,6 +34,15 @@ PARAMETERS = (
     ParameterSpec("device", "auto", "Torch device: auto (cuda when available), cpu, cuda, cuda:N.", read_only=True),
     ParameterSpec("precision", "fp32", "Numeric precision of the network.", read_only=True, choices=("fp32", "fp16", "bf16")),
     ParameterSpec(
+        "compile",
+        "off",
+        "torch.compile of the model's heavy parts (the first frames of each input size compile, minutes for SED-B): off (eager), "
+        "default (inductor), reduce-overhead (inductor and CUDA graphs; with torch older than 2.13, which cannot run CUDA graphs "
+        "from the inference thread, default instead, said in the log), max-autotune, max-autotune-no-cudagraphs.",
+        read_only=True,
+        choices=("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    ),
+    ParameterSpec(
         "cpu_threads",
         0,
         "Torch threads when running on the CPU; 0 = one less than the cores, so the ROS executor is never starved of a core.",

@@ -47,6 +47,33 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 COMPILE_RECOMPILE_LIMIT = 64
 
 
+#: The first torch release whose CUDA graph trees (compile modes with CUDA graphs) work when the
+#: model is called from a thread other than the one that first imported them (the node's
+#: inference thread): earlier ones fail ``assert torch._C._is_key_in_tls(...)`` in
+#: ``torch/_inductor/cudagraph_trees.py`` (pytorch/pytorch#123177, fixed in 2.13.0).
+CUDAGRAPHS_IN_THREADS_SINCE = (2, 13)
+#: Each compile mode with CUDA graphs, and the same mode without them.
+WITHOUT_CUDAGRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+
+
+def torch_release(version: str = torch.__version__) -> tuple[int, int]:
+    """(major, minor) of a torch version string such as ``2.11.0+cu130``."""
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def compile_mode_for_threads(mode: str | None, version: str = torch.__version__) -> tuple[str | None, str | None]:
+    """The compile mode to use for a model called from worker threads with this torch, and why it
+    differs from ``mode`` (None when it does not): CUDA graphs only from torch 2.13 on."""
+    if mode not in WITHOUT_CUDAGRAPHS or torch_release(version) >= CUDAGRAPHS_IN_THREADS_SINCE:
+        return mode, None
+    fallback = WITHOUT_CUDAGRAPHS[mode]
+    return fallback, (
+        f"compile mode {mode} uses CUDA graphs, which torch {version} cannot run from the node's inference thread "
+        f"(pytorch/pytorch#123177, fixed in torch {'.'.join(map(str, CUDAGRAPHS_IN_THREADS_SINCE))}): compiling with {fallback} instead"
+    )
+
+
 def resized_shape(height: int, width: int, short_edge: int = DEFAULT_SHORT_EDGE, max_long_edge: int = MAX_LONG_EDGE) -> tuple[int, int]:
     """detectron2 ``ResizeShortestEdge`` output size, rounding as it does."""
     scale = short_edge / min(height, width)

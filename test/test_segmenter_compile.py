@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ovseg_ros.models import build_model
-from ovseg_ros.segmenter import COMPILE_MODES, COMPILE_RECOMPILE_LIMIT, Segmenter, compile_targets
+from ovseg_ros.segmenter import COMPILE_MODES, COMPILE_RECOMPILE_LIMIT, Segmenter, compile_mode_for_threads, compile_targets
 
 
 def compiled(module: torch.nn.Module) -> bool:
@@ -38,3 +38,23 @@ def test_eager_by_default_and_unknown_modes_are_refused():
     assert "reduce-overhead" in COMPILE_MODES
     with pytest.raises(ValueError, match="compile_mode must be None or one of"):
         Segmenter(build_model("san_tiny_dev"), compile_mode="fast")
+
+
+@pytest.mark.parametrize(
+    "mode, version, expected",
+    [
+        ("reduce-overhead", "2.11.0+cu130", "default"),  # the GPU machine's torch
+        ("max-autotune", "2.12.1", "max-autotune-no-cudagraphs"),
+        ("reduce-overhead", "2.13.0", "reduce-overhead"),
+        ("reduce-overhead", "2.14.0+cu130", "reduce-overhead"),
+        ("default", "2.11.0", "default"),
+        (None, "2.11.0", None),
+    ],
+)
+def test_cuda_graphs_from_the_inference_thread_only_where_torch_supports_them(mode, version, expected):
+    used, note = compile_mode_for_threads(mode, version)
+    assert used == expected
+    if used == mode:
+        assert note is None
+    else:
+        assert f"torch {version}" in note and "#123177" in note and f"with {expected} instead" in note
