@@ -1,36 +1,43 @@
 #!/usr/bin/env bash
-# The GPU check (issue 10, part 7) in one command, for a machine with Python 3.12, torch,
-# timm and numpy but no open_clip_torch, no ROS and no network.
+# The GPU check in two calls, for a machine with Python 3.12, torch, torchvision, timm and
+# numpy but no open_clip_torch, no ROS and no network.
 #
 #   bash scripts/device_check.sh --fetch [--with-opencv]   # HERE: wheels + fixtures into .device_wheels/
-#   bash scripts/device_check.sh [device_check options]      # ON THE DEVICE: install them, run the check
+#   bash scripts/device_check.sh --call 1 [options]         # ON THE DEVICE: install the wheels, run call 1's plan
+#   bash scripts/device_check.sh --call 2 [options]         # right after, on the same started machine
+#
+# .device_wheels/ is git-ignored: it travels to the device machine only when the call names it
+# in `carry` (README, GPU section, has the exact device tool calls, what travels and each
+# call's time limit: call 1 450 s of checks, call 2 255 s).
 #
 # --fetch (needs the venv and the registry): downloads the pinned (constraints.txt) cp312
-# manylinux wheels of the packages that machine lacks into .device_wheels/ (git-ignored,
-# never committed), copies the parity fixture cases beside them (.device_wheels/fixtures,
-# FIXTURE_CASES="case ..." overrides the list, "" ships none), prints every size and refuses
-# a total over LIMIT_MIB (60: the working tree and what travels with it must stay under 64).
-# opencv-python-headless alone is 57.6 MiB: it is left out unless --with-opencv, which then
-# ships no fixtures by default and needs LIMIT_MIB=62 (parity cannot run in that run).
-# torchvision cannot be matched to an unknown torch build: none is shipped; the report
-# says whether the machine has one (open_clip does not import without it).
+# manylinux wheels of the packages that machine lacks into .device_wheels/, copies the parity
+# fixture cases beside them (.device_wheels/fixtures; FIXTURE_CASES="case ..." overrides the
+# list, "" ships none), prints every size and refuses a total over LIMIT_MIB (60: the working
+# tree and what travels with it must stay under 64). opencv-python-headless alone is 57.6
+# MiB: it is left out unless --with-opencv, which then ships no fixtures by default and needs
+# LIMIT_MIB=62 (parity cannot run in that run). torchvision cannot be matched to an unknown
+# torch build: none is shipped; the report says whether the machine has one.
 #
 # Default mode: installs each shipped wheel whose module the machine lacks with
-# `pip install --no-index --no-deps --target <tmp>` (unzipped when there is no pip), puts
-# the source tree and that folder on PYTHONPATH and runs
-# `python -m ovseg_ros.tools.device_check --out $OUT/device_check` (the report:
-# device_check.json + device_check.md). PYTHON overrides the interpreter (default python3);
-# further arguments go to device_check (e.g. --small, --only parity, --time-limit 300).
+# `pip install --no-index --no-deps --target <tmp>` (unzipped when there is no pip); a wheel
+# it does not know or cannot install is a line on stderr and in the report (the rows that need
+# it say so), never an abort. Then it puts the source tree and that folder on PYTHONPATH and
+# execs `python -m ovseg_ros.tools.device_check --out $OUT/device_check` (the report:
+# device_check_call<N>.json + .md, rewritten after every row), so the device tool's stop
+# signal reaches the check, which kills the row in flight and writes the report.
+# PYTHON overrides the interpreter (default python3); further arguments go to device_check
+# (e.g. --small, --only parity, --time-limit 300).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-wheels="$repo/.device_wheels"
+wheels="${DEVICE_WHEELS:-$repo/.device_wheels}"  # DEVICE_WHEELS: another folder (tests)
 limit_bytes=$((${LIMIT_MIB:-60} * 1024 * 1024))
 # package (as pinned in constraints.txt) -> the module it provides
 declare -A module_of=([open_clip_torch]=open_clip [ftfy]=ftfy [wcwidth]=wcwidth [regex]=regex [tqdm]=tqdm
                       [opencv-python-headless]=cv2)
 packages=(open_clip_torch ftfy wcwidth regex tqdm)
-all_cases="sed_b_seed1 sed_b_seed1_cer24 sed_l_seed1 san_b_seed1 san_l_seed1"
+all_cases="sed_b_seed1 sed_b_seed1_cer24 san_b_seed1 sed_l_seed1 san_l_seed1"
 
 pin() {  # the constraints.txt line of a package, e.g. open_clip_torch==3.3.0
   local line
@@ -63,7 +70,7 @@ fetch() {  # $1: the fixture cases to ship, space-separated
   commit="$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)"
   printf '{"commit": "%s", "fetched": "%s", "fixture_cases": "%s"}\n' "$commit" "$(date -u +%FT%TZ)" "${fixture_cases[*]}" \
     >"$wheels/manifest.json"
-  echo "shipped in .device_wheels/ (travels with the working tree; never committed):"
+  echo "shipped in .device_wheels/ (git-ignored: name it in the device call's carry):"
   (cd "$wheels" && du -b --apparent-size -s ./*.whl fixtures/* | sort -k2 | awk '{printf "  %8.2f MiB  %s\n", $1 / 1048576, $2}')
   local total
   total="$(du -b --apparent-size -s "$wheels" | cut -f1)"
@@ -75,13 +82,20 @@ fetch() {  # $1: the fixture cases to ship, space-separated
 }
 
 install_and_run() {
-  local python="${PYTHON:-python3}" site wheel name todo=()
+  local python="${PYTHON:-python3}" site wheel name module todo=()
   site="$(mktemp -d)/site"
+  if ! compgen -G "$wheels/*.whl" >/dev/null; then
+    echo "device_check: no wheels in $wheels: carry .device_wheels with the call (made here by --fetch); the report says what cannot be imported" >&2
+  fi
   for wheel in "$wheels"/*.whl; do
-    [ -e "$wheel" ] || { echo "device_check: no wheels in $wheels (run --fetch where the registry is reachable)" >&2; break; }
+    [ -e "$wheel" ] || break
     name="$(basename "$wheel" | cut -d- -f1 | tr _ -)"
     [ "$name" = open-clip-torch ] && name=open_clip_torch
-    if ! "$python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('${module_of[$name]}') is None)"; then
+    module="${module_of[$name]:-}"
+    if [ -z "$module" ]; then
+      echo "device_check: $(basename "$wheel"): no module known for package $name; installing it anyway" >&2
+      todo+=("$wheel")
+    elif ! "$python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$module') is None)"; then
       todo+=("$wheel")
     fi
   done
@@ -89,12 +103,12 @@ install_and_run() {
     echo "device_check: installing into $site: ${todo[*]##*/}" >&2
     if ! "$python" -m pip install --quiet --no-index --no-deps --target "$site" "${todo[@]}"; then
       echo "device_check: pip failed or is missing; unzipping the wheels instead" >&2
-      for wheel in "${todo[@]}"; do "$python" -m zipfile -e "$wheel" "$site"; done
+      for wheel in "${todo[@]}"; do "$python" -m zipfile -e "$wheel" "$site" || echo "device_check: cannot unpack $wheel" >&2; done
     fi
   fi
   export PYTHONPATH="$repo:$site${PYTHONPATH:+:$PYTHONPATH}"
   cd "$repo"
-  "$python" -m ovseg_ros.tools.device_check --out "${OUT:-$repo/out}/device_check" "$@"
+  exec "$python" -m ovseg_ros.tools.device_check --out "${OUT:-$repo/out}/device_check" "$@"
 }
 
 if [ "${1:-}" = --fetch ]; then

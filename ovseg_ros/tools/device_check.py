@@ -1,22 +1,31 @@
-"""The GPU check: parity, model and pipeline benchmarks in one run, one JSON + one markdown report.
+"""The GPU check in two calls: one JSON + one markdown report per call, rewritten after every row.
 
-    bash scripts/device_check.sh                   # on the GPU machine (installs the shipped wheels first)
-    python -m ovseg_ros.tools.device_check --out out/device_check [--small] [--only parity]
+    bash scripts/device_check.sh --call 1          # on the GPU machine (installs the carried wheels first)
+    bash scripts/device_check.sh --call 2          # right after, on the same started machine
+    python -m ovseg_ros.tools.device_check --call 1 --out out/device_check [--small] [--only parity]
 
-Every check is a subprocess (``check_parity``, ``bench model``, ``bench pipeline``, ``bench streams``) from the
-tables below: one row, one command line, adjusted in one place when a tool's options change.
-Each row runs on its own, under its own timeout and the run's total time limit, so one
-failure (a missing option, a crash, out of memory) does not lose the others; its exit
-status, output and an error string go into the report. The report is rewritten after every
-row, so a run stopped from outside still leaves what was measured, and rows that did not
-run say so.
+The GPU machine is lent for about 15 minutes in all, both starts included; README's GPU section
+gives the device tool's commands, what travels with them and each one's time limit.
 
-Sections: ``parity`` (fp32 without TF32, and bf16 judged by the fixtures' GPU tolerance;
-the report tabulates both per array), ``bench_pipeline``, ``bench_streams`` (several cameras
-batched through one model vs a model each), ``bench_model`` and ``compile`` (SED-B, ADE-150,
-CER 8: eager vs ``--compile default`` vs ``reduce-overhead``).
+* **Call 1** (:data:`CALL_TIME_LIMITS`: 450 s): the CUDA smoke row first (tiny models through
+  every CUDA path, host syncs per frame, :mod:`~ovseg_ros.tools.cuda_smoke`), parity fp32 and
+  bf16 on SED-B, SED-B with CER and SAN-B, the SED-B model table (150 and 847 classes, CER
+  off / 8 / 1, forced rejection, fp32), the frame path at 640x480 and 1280x720 with every output,
+  SAN-B; then, while time is left, the large variants and several cameras.
+* **Call 2** (255 s): torch.compile and CUDA graphs on vs off, SED-B and SAN-B.
 
-``--small`` runs the same sections with tiny models and one parity case on whatever device
+Every row is a subprocess (``cuda_smoke``, ``check_parity``, ``bench model``, ``bench pipeline``,
+``bench streams``) from the tables below: one row, one command line, adjusted in one place
+when a tool's options change. Rows run most important first, each under its own limit and
+at most the call's time left, so one failure (a missing option, a crash, out of memory)
+does not lose the others; its exit status, output and an error string go into the report.
+Rows whose time is gone are reported as skipped. Each row runs in a process group of its
+own that dies with this process: a row past its limit is killed with its children, and
+SIGTERM / SIGINT / SIGHUP (the device tool's own time limit) kill the row in flight and
+write the report before exiting, so no process outlives the call. A missing fixture or an
+engine that cannot be imported (open_clip without its wheel) is a line in the report.
+
+``--small`` runs the same plan with tiny models and one parity case on whatever device
 there is (the CPU here): the test of this tool.
 """
 
@@ -48,87 +57,113 @@ class Row:
     note: str = ""
 
 
+SMOKE = ["-m", "ovseg_ros.tools.cuda_smoke", "--device", "{device}"]
 PARITY = ["-m", "ovseg_ros.tools.check_parity", "--device", "{device}"]
 BENCH_MODEL = ["-m", "ovseg_ros.tools.bench", "model", "--device", "{device}"]
 BENCH_PIPELINE = ["-m", "ovseg_ros.tools.bench", "pipeline", "--device", "{device}"]
 BENCH_STREAMS = ["-m", "ovseg_ros.tools.bench", "streams", "--device", "{device}"]
 
-FULL_PARITY_CASES = ["sed_b_seed1", "sed_b_seed1_cer24", "sed_l_seed1", "san_b_seed1", "san_l_seed1"]
+#: The cases parity must cover (SED-B, SED-B with CER at 24 kept classes, SAN-B); the large
+#: variants follow in a row of their own when time is left.
+PARITY_CASES = ["sed_b_seed1", "sed_b_seed1_cer24", "san_b_seed1"]
+LARGE_PARITY_CASES = ["sed_l_seed1", "san_l_seed1"]
 # SAN-B is the quickest case on a CPU (8 s on 2 cores; SED-B takes 50 s).
 SMALL_PARITY_CASES = ["san_b_seed1"]
 
-# Full run, on the GPU machine, in priority order (sections and rows run top to bottom):
-# when the total time limit runs out, the rows left are reported as skipped. Model rows
-# use a 640x480 camera frame.
+#: Each call's total time limit (s): within the device tool's per-call limit, with room for the
+#: wheels' install before and the transfers after. Call 2 runs right after call 1 on the same
+#: started machine (15 minutes of device time in all, both starts included).
+CALL_TIME_LIMITS = {1: 450.0, 2: 255.0}
+SMALL_CALL_TIME_LIMITS = {1: 240.0, 2: 150.0}
+
+# Rows run top to bottom, most important first; each has its own limit and gets at most the
+# call's time left; rows left when the call's time runs out are reported as skipped. Model
+# rows use a 640x480 camera frame (SED stretches it to 768x768).
 MODEL_FRAMES = ["--image", "640x480", "--warmup", "3", "--repeats", "10"]
-SED_VOCABS_CER = ["--vocab", "ade150", "ade847", "--cer", "0", "8", "1"]
-SED_B_CER8_BF16 = ["--model", "sed_convnext_base", "--precision", "bf16", "--vocab", "ade150", "--cer", "8"]
-FULL: dict[str, list[Row]] = {
+SED_B = ["--model", "sed_convnext_base"]
+CALL_1: dict[str, list[Row]] = {
+    "smoke": [
+        Row("tiny_models", SMOKE, 60, "tiny SED and SAN through every CUDA path (bf16, fp16, fp32, CER, flow and EMA smoothing, "
+            "uint16 and float32 depth to points, two input sizes in a batch, a vocabulary swap while streaming); host syncs per frame"),
+    ],
     "parity": [
-        Row("fp32", PARITY + ["{fixtures}/" + c for c in FULL_PARITY_CASES], 180),
-        Row("bf16", PARITY + ["--precision", "bf16"] + ["{fixtures}/" + c for c in FULL_PARITY_CASES], 180,
-            "drift of the default CUDA precision against the fp32 fixtures"),
-    ],
-    "bench_pipeline": [
-        Row("sed_b_bf16", BENCH_PIPELINE + ["--model", "sed_convnext_base", "--precision", "bf16", "--size", "640x480", "1280x720",
-            "--vocab", "ade150", "--frames", "100"], 150, "FramePipeline serial vs overlapped, labels only and all outputs"),
-    ],
-    # Issue 12: N cameras batched through one model vs one model per camera (the node-level
-    # benchmark needs ROS, which the GPU machine lacks).
-    "bench_streams": [
-        Row("sed_b_bf16", BENCH_STREAMS + ["--model", "sed_convnext_base", "--precision", "bf16", "--cameras", "1", "2", "4",
-            "--image", "640x480", "--camera-hz", "200", "--frames", "40"], 120, "4 cameras: batched (one model) vs separate (4 models)"),
-        Row("san_b_bf16", BENCH_STREAMS + ["--model", "san_vit_b_16", "--precision", "bf16", "--cameras", "1", "2", "4",
-            "--image", "640x480", "--camera-hz", "200", "--frames", "40"], 120),
+        Row("fp32", PARITY + ["{fixtures}/" + c for c in PARITY_CASES], 70, "fp32 without TF32: the fixtures' CPU tolerances"),
+        Row("bf16", PARITY + ["--precision", "bf16"] + ["{fixtures}/" + c for c in PARITY_CASES], 55,
+            "drift of bf16 autocast against the fp32 fixtures"),
     ],
     "bench_model": [
-        Row("sed_b_bf16", BENCH_MODEL + ["--model", "sed_convnext_base", "--precision", "bf16"] + SED_VOCABS_CER + MODEL_FRAMES, 120),
-        Row("sed_b_fp32", BENCH_MODEL + ["--model", "sed_convnext_base", "--precision", "fp32"] + SED_VOCABS_CER + MODEL_FRAMES, 120),
-        Row("sed_l_bf16", BENCH_MODEL + ["--model", "sed_convnext_large", "--precision", "bf16"] + SED_VOCABS_CER + MODEL_FRAMES, 150),
-        Row("sed_b_bf16_forced_rejection", BENCH_MODEL + ["--model", "sed_convnext_base", "--precision", "bf16",
-            "--vocab", "ade150", "ade847", "--cer", "8", "1", "--distinct", "8"] + MODEL_FRAMES, 120,
-            "random weights reject almost nothing: 8 distinct text features force rejection"),
-        Row("san_b_bf16", BENCH_MODEL + ["--model", "san_vit_b_16", "--precision", "bf16", "--vocab", "ade150", "ade847"] + MODEL_FRAMES, 90),
-        Row("san_l_bf16", BENCH_MODEL + ["--model", "san_vit_large_14", "--precision", "bf16", "--vocab", "ade150", "ade847"] + MODEL_FRAMES, 120),
+        Row("sed_b_bf16", BENCH_MODEL + SED_B + ["--precision", "bf16", "--vocab", "ade150", "ade847", "--cer", "0", "8", "1"] + MODEL_FRAMES, 70,
+            "SED-B, 150 and 847 classes, CER off / 8 / 1"),
+        Row("sed_b_bf16_forced_rejection", BENCH_MODEL + SED_B + ["--precision", "bf16", "--vocab", "ade150", "ade847", "--cer", "8", "1",
+            "--distinct", "8"] + MODEL_FRAMES, 40, "random weights reject almost nothing: 8 distinct text features force rejection"),
+        Row("sed_b_fp32", BENCH_MODEL + SED_B + ["--precision", "fp32", "--vocab", "ade150", "--cer", "0", "8"] + MODEL_FRAMES, 35),
     ],
-    # Segmenter(compile_mode=...): the same SED-B frames eager, compiled, compiled with CUDA
-    # graphs; the first warm-up frame compiles (minutes), the timed frames do not.
-    "compile": [
-        Row("off", BENCH_MODEL + SED_B_CER8_BF16 + MODEL_FRAMES, 90, "eager: the baseline of the two rows below"),
-        Row("default", BENCH_MODEL + SED_B_CER8_BF16 + ["--compile", "default"] + MODEL_FRAMES, 240,
-            "torch.compile mode default (inductor) of the image encoder and each decoder stage"),
-        Row("reduce_overhead", BENCH_MODEL + SED_B_CER8_BF16 + ["--compile", "reduce-overhead"] + MODEL_FRAMES, 240,
-            "torch.compile mode reduce-overhead: inductor plus CUDA graphs (one per CER bucket size)"),
+    "bench_pipeline": [
+        Row("sed_b_bf16", BENCH_PIPELINE + SED_B + ["--precision", "bf16", "--size", "640x480", "1280x720", "--vocab", "ade150",
+            "--frames", "40"], 60, "the frame path's overhead: serial vs overlapped, labels only and every output"),
+    ],
+    "bench_model_san": [
+        Row("san_b_bf16", BENCH_MODEL + ["--model", "san_vit_b_16", "--precision", "bf16", "--vocab", "ade150", "ade847"] + MODEL_FRAMES, 40),
+    ],
+    # When time is left: the large variants and several cameras.
+    "extra": [
+        Row("parity_large_fp32", PARITY + ["{fixtures}/" + c for c in LARGE_PARITY_CASES], 60),
+        Row("bench_streams_sed_b", BENCH_STREAMS + SED_B + ["--precision", "bf16", "--cameras", "1", "2", "4", "--image", "640x480",
+            "--camera-hz", "200", "--frames", "30"], 60, "4 cameras: batched (one model) vs separate (4 models)"),
+        Row("sed_l_bf16", BENCH_MODEL + ["--model", "sed_convnext_large", "--precision", "bf16", "--vocab", "ade150", "--cer", "0", "8"]
+            + MODEL_FRAMES, 50),
     ],
 }
-
-# The same sections with tiny models, one parity case, few frames: minutes on a CPU.
-SMALL_FRAMES = ["--image", "128x96", "--warmup", "0", "--repeats", "1"]
-SMALL: dict[str, list[Row]] = {
-    "parity": [
-        Row("fp32", PARITY + ["{fixtures}/" + c for c in SMALL_PARITY_CASES], 120),
-        Row("bf16", PARITY + ["--precision", "bf16"] + ["{fixtures}/" + c for c in SMALL_PARITY_CASES], 120),
-    ],
-    "bench_pipeline": [
-        Row("san_tiny", BENCH_PIPELINE + ["--model", "san_tiny_dev", "--size", "160x120", "--vocab", "ade150", "--frames", "3"], 60),
-    ],
-    "bench_streams": [
-        Row("san_tiny", BENCH_STREAMS + ["--model", "san_tiny_dev", "--cameras", "1", "2", "--image", "160x120", "--classes", "6",
-            "--frames", "3"], 60),
-    ],
-    "bench_model": [
-        # CER off or top-8 keeps all 150 classes: 8 s a frame here; forced rejection keeps 2.
-        Row("sed_tiny", BENCH_MODEL + ["--model", "sed_tiny_dev", "--vocab", "ade150", "--cer", "1", "--distinct", "2"] + SMALL_FRAMES, 60),
-        Row("san_tiny", BENCH_MODEL + ["--model", "san_tiny_dev", "--vocab", "ade150"] + SMALL_FRAMES, 60),
-    ],
-    # Inductor on this CPU: about 30 s of compiling in the first frame.
+# torch.compile (inductor) vs eager, and CUDA graphs (mode reduce-overhead), in one process per
+# model: the eager baseline, then each mode on a freshly built segmenter; a mode's first frames
+# compile (one graph per shape), the timed frames do not.
+COMPILE_MODES_COMPARED = ["--compile", "off", "default", "reduce-overhead"]
+CALL_2: dict[str, list[Row]] = {
     "compile": [
-        Row("default", BENCH_MODEL + ["--model", "sed_tiny_dev", "--vocab", "ade150", "--cer", "1", "--distinct", "2",
-            "--compile", "default"] + SMALL_FRAMES, 120),
+        Row("sed_b_bf16", BENCH_MODEL + SED_B + ["--precision", "bf16", "--vocab", "ade150", "--cer", "8"] + COMPILE_MODES_COMPARED
+            + MODEL_FRAMES, 140, "SED-B at 150 classes, CER 8: eager vs inductor vs inductor + CUDA graphs"),
+        Row("san_b_bf16", BENCH_MODEL + ["--model", "san_vit_b_16", "--precision", "bf16", "--vocab", "ade150"] + COMPILE_MODES_COMPARED
+            + MODEL_FRAMES, 105, "SAN-B at 150 classes: the same three"),
     ],
+}
+FULL = {1: CALL_1, 2: CALL_2}
+
+# The same plan with tiny models, one parity case, few frames: minutes on a CPU.
+SMALL_FRAMES = ["--image", "128x96", "--warmup", "0", "--repeats", "1"]
+SMALL: dict[int, dict[str, list[Row]]] = {
+    1: {
+        "smoke": [Row("tiny_models", SMOKE + ["--frames", "1"], 75)],
+        "parity": [
+            Row("fp32", PARITY + ["{fixtures}/" + c for c in SMALL_PARITY_CASES], 60),
+            Row("bf16", PARITY + ["--precision", "bf16"] + ["{fixtures}/" + c for c in SMALL_PARITY_CASES], 60),
+        ],
+        "bench_model": [
+            # Forced rejection keeps 2 of 150 classes: a second a frame here (all 150 take 8 s).
+            Row("sed_tiny", BENCH_MODEL + ["--model", "sed_tiny_dev", "--vocab", "ade150", "--cer", "1", "--distinct", "2"] + SMALL_FRAMES, 45),
+        ],
+        "bench_pipeline": [
+            Row("san_tiny", BENCH_PIPELINE + ["--model", "san_tiny_dev", "--size", "160x120", "--vocab", "ade150", "--classes", "6",
+                "--frames", "2"], 45),
+        ],
+        "bench_model_san": [Row("san_tiny", BENCH_MODEL + ["--model", "san_tiny_dev", "--vocab", "ade150"] + SMALL_FRAMES, 30)],
+        "extra": [
+            Row("bench_streams_san_tiny", BENCH_STREAMS + ["--model", "san_tiny_dev", "--cameras", "1", "2", "--image", "160x120",
+                "--classes", "6", "--frames", "3"], 45),
+        ],
+    },
+    # Inductor on this CPU: about 30 s of compiling in the first frame; no CUDA graphs here.
+    2: {
+        "compile": [
+            Row("sed_tiny", BENCH_MODEL + ["--model", "sed_tiny_dev", "--vocab", "ade150", "--cer", "1", "--distinct", "2",
+                "--compile", "off", "default"] + SMALL_FRAMES, 140),
+        ],
+    },
 }
 
 OPTIONAL_MODULES = ("torch", "torchvision", "triton", "timm", "open_clip", "cv2", "numpy", "PIL")
+#: Without these no row can run.
+ENGINE_MODULES = ("torch", "torchvision", "open_clip", "numpy")
+STATUSES = ("ok", "failed", "timeout", "stopped", "skipped")
 OUTPUT_TAIL_CHARS = 12_000
 NOT_RUN = "not run: the check was stopped before this row"
 
@@ -140,7 +175,7 @@ class Result:
     command: list[str]
     timeout_s: float = 60.0
     note: str = ""
-    status: str = "not run"  # ok | failed | timeout | skipped | not run
+    status: str = "not run"  # ok | failed | timeout | stopped | skipped | not run
     error: str | None = NOT_RUN
     returncode: int | None = None
     seconds: float | None = None
@@ -246,29 +281,66 @@ def parse_tables(stdout: str) -> dict:
     return {"tables": tables, "lines": lines}
 
 
-def run_row(result: Result, timeout_s: float) -> None:
-    """Run one row's command; fills status, error, output and the parsed figures."""
-    start = time.monotonic()
-    process = subprocess.Popen(result.command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)  # its own group: a timeout ends its children too
+#: prctl(PR_SET_PDEATHSIG): the kernel signals a row when the process that started it dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _own_group_dying_with_parent() -> None:
+    """In a row's child before exec: a process group of its own (killed whole on a timeout),
+    and SIGKILL when this process dies, however it dies."""
+    os.setsid()
     try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        timed_out = True
-    result.seconds = round(time.monotonic() - start, 1)
-    result.returncode = process.returncode
-    result.stdout, result.stderr = stdout[-OUTPUT_TAIL_CHARS:], stderr[-OUTPUT_TAIL_CHARS:]
-    result.parsed = parse_parity(stdout) if result.section == "parity" else parse_tables(stdout)
-    if timed_out:
-        result.status, result.error = "timeout", f"stopped after {timeout_s:.0f} s (row or total time limit)"
-    elif process.returncode == 0:
-        result.status, result.error = "ok", None
-    else:
-        result.status = "failed"
-        result.error = failure_reason(result)
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the signal handlers below still kill the group
+        pass
+
+
+class RowRunner:
+    """Runs rows one at a time; a stop signal kills the row in flight (its whole group)."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self.stopped_by: str | None = None
+
+    def stop(self, signum: int, _frame=None) -> None:
+        self.stopped_by = signal.Signals(signum).name
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def run(self, result: Result, timeout_s: float) -> None:
+        """Run one row's command; fills status, error, output and the parsed figures."""
+        start = time.monotonic()
+        self.process = process = subprocess.Popen(result.command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                  preexec_fn=_own_group_dying_with_parent)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            timed_out = True
+        finally:
+            self.process = None
+        result.seconds = round(time.monotonic() - start, 1)
+        result.returncode = process.returncode
+        result.stdout, result.stderr = stdout[-OUTPUT_TAIL_CHARS:], stderr[-OUTPUT_TAIL_CHARS:]
+        result.parsed = parse_parity(stdout) if PARITY[1] in result.command else parse_tables(stdout)
+        if self.stopped_by is not None:
+            result.status, result.error = "stopped", f"killed by {self.stopped_by} to this check after {result.seconds:.0f} s"
+        elif timed_out:
+            result.status, result.error = "timeout", f"stopped after {timeout_s:.0f} s (row or call time limit)"
+        elif process.returncode == 0:
+            result.status, result.error = "ok", None
+        else:
+            result.status = "failed"
+            result.error = failure_reason(result)
+
+
+def run_row(result: Result, timeout_s: float) -> None:
+    """One row on its own (tests)."""
+    RowRunner().run(result, timeout_s)
 
 
 def failure_reason(result: Result) -> str:
@@ -296,20 +368,23 @@ def missing_fixtures(result: Result, fixtures: Path) -> list[str]:
     return [arg for arg in result.command if arg.startswith(str(fixtures) + "/") and not (Path(arg) / "case.json").is_file()]
 
 
-def write_reports(out: Path, report: dict) -> None:
+def write_reports(out: Path, report: dict, name: str) -> None:
+    """``name``.json and ``name``.md in ``out``, each replaced whole (a reader never sees half a report)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "device_check.json").write_text(json.dumps(report, indent=1))
-    (out / "device_check.md").write_text(markdown(report))
+    for suffix, text in ((".json", json.dumps(report, indent=1)), (".md", markdown(report))):
+        tmp = out / f".{name}{suffix}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / f"{name}{suffix}")
 
 
 def markdown(report: dict) -> str:
     env = report["environment"]
-    lines = [f"# Device check ({report['mode']})", "",
+    lines = [f"# Device check, call {report.get('call', 1)} ({report['mode']})", "",
              f"- date: {report['started']} .. {report.get('finished') or '(running)'}",
              f"- commit: {env.get('commit', 'unknown')}",
              f"- machine: {env.get('gpu') or 'no GPU'}; {env.get('nvidia_smi', '')}; {env.get('cpu_count')} CPUs; "
              f"{env.get('platform')}; python {env.get('python')}",
-             f"- device: {report['device']}; total time limit {report['time_limit_s']:.0f} s",
+             f"- device: {report['device']}; the call's time limit {report['time_limit_s']:.0f} s",
              "- modules: " + ", ".join(f"{name} {version}" for name, version in env.get("modules", {}).items())]
     if "open_clip_needs_torchvision" in env:
         lines.append(f"- **{env['open_clip_needs_torchvision']}**")
@@ -356,19 +431,36 @@ def parity_drift(rows: list[dict]) -> list[str]:
     return lines
 
 
+def engine_problem(env: dict) -> str | None:
+    """Why no row can run here (the engine's modules do not import), or None."""
+    broken = [f"{name} ({env['modules'][name]})" for name in ENGINE_MODULES if not str(env.get("modules", {}).get(name, ""))[:1].isdigit()]
+    if not broken:
+        return None
+    return ("cannot import " + "; ".join(broken) + ": carry .device_wheels with the call (scripts/device_check.sh --fetch here first; "
+            "README, GPU section)")
+
+
+def report_name(call: int) -> str:
+    return f"device_check_call{call}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for device_check.json and device_check.md")
+    parser.add_argument("--call", type=int, choices=(1, 2), default=1, help="which of the two calls' plans to run")
+    parser.add_argument("--out", type=Path, required=True, help="folder for device_check_call<N>.json and .md")
     parser.add_argument("--small", action="store_true", help="tiny models, one parity case, few frames (CPU test)")
     parser.add_argument("--device", default="auto", help="torch device for every check (auto: cuda if available)")
     parser.add_argument("--fixtures", type=Path, default=None,
                         help="parity fixtures (default: .device_wheels/fixtures if shipped, else ../shared/fixtures)")
-    parser.add_argument("--time-limit", type=float, default=None, help="total seconds (default 400, --small 300)")
+    parser.add_argument("--time-limit", type=float, default=None, help="the call's total seconds (default: CALL_TIME_LIMITS)")
     parser.add_argument("--only", nargs="+", default=[], help="sections or section/row names to run")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
-    time_limit = args.time_limit or (300.0 if args.small else 400.0)
+    runner = RowRunner()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, runner.stop)
+    time_limit = args.time_limit or (SMALL_CALL_TIME_LIMITS if args.small else CALL_TIME_LIMITS)[args.call]
     fixtures = (args.fixtures or next((p for p in (REPO / ".device_wheels" / "fixtures", REPO.parent / "shared" / "fixtures")
                                        if p.is_dir()), REPO.parent / "shared" / "fixtures")).resolve()
     device = args.device
@@ -379,40 +471,49 @@ def main(argv: list[str] | None = None) -> int:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         except Exception:  # noqa: BLE001 -- reported with the environment
             device = "cpu"
-    tables = SMALL if args.small else FULL
-    report = {"mode": "small" if args.small else "full", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "finished": None, "device": device, "fixtures": str(fixtures), "time_limit_s": time_limit,
-              "sections": list(tables), "environment": {}, "results": []}
+    tables = (SMALL if args.small else FULL)[args.call]
+    report = {"mode": "small" if args.small else "full", "call": args.call,
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished": None, "device": device,
+              "fixtures": str(fixtures), "time_limit_s": time_limit, "sections": list(tables), "environment": {}, "results": []}
     try:
         report["environment"] = environment(device)
     except Exception as exc:  # noqa: BLE001 -- the checks still run
         report["environment_error"] = f"{type(exc).__name__}: {exc}"
+    cannot_run = engine_problem(report["environment"])
     results = plan(tables, device, fixtures, args.only)
     report["results"] = [asdict(r) for r in results]
-    write_reports(args.out, report)
+    name = report_name(args.call)
+    write_reports(args.out, report, name)
 
     for index, result in enumerate(results):
         left = time_limit - (time.monotonic() - started)
-        if missing := missing_fixtures(result, fixtures):
+        if runner.stopped_by is not None:
+            result.status, result.error = "skipped", f"the check was stopped by {runner.stopped_by}"
+        elif cannot_run:
+            result.status, result.error = "skipped", cannot_run
+        elif missing := missing_fixtures(result, fixtures):
             result.status, result.error = "skipped", f"fixture cases missing (no case.json): {', '.join(missing)}"
         elif left < 10:
-            result.status, result.error = "skipped", f"total time limit ({time_limit:.0f} s) reached"
+            result.status, result.error = "skipped", f"the call's time limit ({time_limit:.0f} s) reached"
         else:
             timeout_s = min(result.timeout_s, left)
             print(f"[device_check] {result.section}/{result.name} (up to {timeout_s:.0f} s)", file=sys.stderr, flush=True)
             try:
-                run_row(result, timeout_s)
+                runner.run(result, timeout_s)
             except Exception as exc:  # noqa: BLE001 -- e.g. the interpreter cannot start
                 result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
             print(f"[device_check]   {result.status} in {result.seconds} s{': ' + result.error if result.error else ''}",
                   file=sys.stderr, flush=True)
         report["results"][index] = asdict(result)
-        write_reports(args.out, report)
+        write_reports(args.out, report, name)
 
     report["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_reports(args.out, report)
-    counts = {status: sum(r.status == status for r in results) for status in ("ok", "failed", "timeout", "skipped")}
-    print(f"[device_check] {counts} in {time.monotonic() - started:.0f} s; report: {args.out / 'device_check.md'}", file=sys.stderr)
+    write_reports(args.out, report, name)
+    counts = {status: sum(r.status == status for r in results) for status in STATUSES}
+    print(f"[device_check] call {args.call}: {counts} in {time.monotonic() - started:.0f} s; report: {args.out / (name + '.md')}",
+          file=sys.stderr)
+    if runner.stopped_by is not None:
+        return 128 + signal.Signals[runner.stopped_by].value
     return 0 if counts["ok"] == len(results) else 1
 
 
