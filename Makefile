@@ -9,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(ACTIVATE) && python -m ovseg_ros.tools.demo $(ARGS)
+	@$(ACTIVATE) && python -m ovseg_ros.commands.demo $(ARGS)
 
 test: setup
 	@$(ACTIVATE) && python -m pytest test $(ARGS)

@@ -4,7 +4,7 @@
     ros2 launch ovseg_ros segment.launch.py bag:=/path/to/bag rviz:=true
 
 Arguments: ``ros2 launch ovseg_ros segment.launch.py --show-args`` (defined in
-``ovseg_ros/launch_config.py``, which the tests use to start the node the same way).
+``ovseg_ros/ros/launch_config.py``, which the tests use to start the node the same way).
 """
 
 from pathlib import Path
@@ -14,7 +14,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch_ros.actions import Node
 
-from ovseg_ros.launch_config import (
+from ovseg_ros.ros.launch_config import (
     EXECUTABLE,
     LAUNCH_ARGUMENTS,
     NODE_NAME,

@@ -1,7 +1,8 @@
 """ovseg_ros: open-vocabulary semantic segmentation for ROS 2.
 
-The engine (``models``, ``vocabulary``, ``segmenter``, ``smoothing``, ``rendering``) needs
-only torch, open_clip and numpy; the ROS layer (``node``) sits on top of it.
+Layers, each calling only down: ``models`` (SED, SAN, checkpoints) <- ``engine`` (the
+ROS-free frame path: needs torch, open_clip and numpy only) <- ``ros`` (the lifecycle node,
+message conversion, parameters, launch) <- ``commands`` (demo, label_bag, check_parity).
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 # Source this file (bash/zsh) after scripts/setup.sh: a shell where the node, the tests
-# and `python -m ovseg_ros.tools...` run against the built package.
+# and `python -m ovseg_dev...` run against the built package.
 _ovseg_repo="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 # shellcheck source=scripts/venv_path.sh
 source "$_ovseg_repo/scripts/venv_path.sh"

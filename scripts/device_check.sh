@@ -23,7 +23,7 @@
 # `pip install --no-index --no-deps --target <tmp>` (unzipped when there is no pip); a wheel
 # it does not know or cannot install is a line on stderr and in the report (the rows that need
 # it say so), never an abort. Then it puts the source tree and that folder on PYTHONPATH and
-# execs `python -m ovseg_ros.tools.device_check --out $OUT/device_check` (the report:
+# execs `python -m ovseg_dev.device_check --out $OUT/device_check` (the report:
 # device_check_call<N>.json + .md, rewritten after every row), so the device tool's stop
 # signal reaches the check, which kills the row in flight and writes the report.
 # PYTHON overrides the interpreter (default python3); further arguments go to device_check
@@ -108,7 +108,7 @@ install_and_run() {
   fi
   export PYTHONPATH="$repo:$site${PYTHONPATH:+:$PYTHONPATH}"
   cd "$repo"
-  exec "$python" -m ovseg_ros.tools.device_check --out "${OUT:-$repo/out}/device_check" "$@"
+  exec "$python" -m ovseg_dev.device_check --out "${OUT:-$repo/out}/device_check" "$@"
 }
 
 if [ "${1:-}" = --fetch ]; then

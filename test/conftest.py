@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ovseg_ros.ros_env import isolated_ros_environment
+from ovseg_ros.ros.environment import isolated_ros_environment
 
 # Before anything initialises rclpy: this run gets its own DDS domain and ROS_HOME, so
 # concurrent runs and stray nodes on the machine cannot interfere.
@@ -64,7 +64,7 @@ DDS_TEST_RERUNS = 2
 def peer(request):
     """A ROS participant of the test's own, gone after it (so the nodes of one test are not
     remembered in the next). Modules that share one across their tests define their own."""
-    from ovseg_ros.tools.harness import Peer  # initialises rclpy: after this run's environment is set
+    from ovseg_ros.commands.node_driver import Peer  # initialises rclpy: after this run's environment is set
 
     peer = Peer(f"{request.module.__name__}_peer")
     yield peer

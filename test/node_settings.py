@@ -4,7 +4,7 @@ import os
 import time
 from pathlib import Path
 
-from ovseg_ros.tools.harness import NodeProcess, Peer
+from ovseg_ros.commands.node_driver import NodeProcess, Peer
 
 #: A real model in a small configuration, so node tests run on a CPU in seconds per frame.
 TEST_MODEL = "san_tiny_dev"

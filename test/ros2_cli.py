@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lifecycle_msgs.srv import GetState
 
-from ovseg_ros.tools.harness import Peer
+from ovseg_ros.commands.node_driver import Peer
 
 #: launch's SIGINT -> SIGTERM escalation: the node can need more than the default 5 s here.
 SIGTERM_TIMEOUT_ARG = "sigterm_timeout:=30"

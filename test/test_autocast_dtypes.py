@@ -10,7 +10,7 @@ import torch
 from ovseg_ros.models import build_model
 from ovseg_ros.models.san.model import SANPrediction
 from ovseg_ros.models.scores import SANScores, UpsampledScores
-from ovseg_ros.segmenter import Segmenter
+from ovseg_ros.engine.segmenter import Segmenter
 
 Q, T, GRID, IMAGE, PADDED, OUTPUT = 10, 7, (4, 6), (60, 90), (64, 96), (30, 45)
 

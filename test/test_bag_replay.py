@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 
-from ovseg_ros.tools.harness import package_share
-from ovseg_ros.bag import SAMPLE_TOPIC, synthetic_frame, typestore, write_sample_bag
-from ovseg_ros.tools import demo
+from ovseg_ros.commands.node_driver import package_share
+from ovseg_ros.ros.bags import SAMPLE_TOPIC, synthetic_frame, typestore, write_sample_bag
+from ovseg_ros.commands import demo
 
 from node_settings import TEST_MODEL
 

@@ -8,15 +8,15 @@ import torch
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image
 
-from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.frame_pipeline import FramePipeline, OutputRequest, RawImageData
-from ovseg_ros.image_codec import message_bytes
+from ovseg_ros.ros.bags import synthetic_frame
+from ovseg_ros.engine.frame_pipeline import FramePipeline, OutputRequest, RawImageData
+from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.models import build_model
 from ovseg_ros.msg import ClassMap, SegmentationInfo
-from ovseg_ros.segmenter import Segmenter
-from ovseg_ros.smoothing import TemporalSmoother
-from ovseg_ros.tools import label_bag
-from ovseg_ros.vocabulary import VocabularyManager
+from ovseg_ros.engine.segmenter import Segmenter
+from ovseg_ros.engine.smoothing import TemporalSmoother
+from ovseg_ros.commands import label_bag
+from ovseg_ros.engine.vocabulary import VocabularyManager
 
 from test_label_bag import COMPRESSED_TOPIC, INFO_TOPIC, OFFLINE_ARGS, RAW_TOPIC, compressed_frame, raw_frame, read_bag, write_bag
 

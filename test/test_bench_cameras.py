@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ovseg_ros.tools import bench
+from ovseg_dev import bench
 
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
 pytestmark = pytest.mark.usefixtures("ros2_tools")

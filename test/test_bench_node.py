@@ -3,8 +3,8 @@ that every frame is accounted for and the measurements are sane)."""
 
 import pytest
 
-from ovseg_ros.tools.bench_node import NodeSession, measure_latency, measure_vocabulary_change, soak
-from ovseg_ros.vocabulary import load_class_list
+from ovseg_dev.bench_node import NodeSession, measure_latency, measure_vocabulary_change, soak
+from ovseg_ros.engine.vocabulary import load_class_list
 
 from node_settings import TEST_MODEL, answer_timeout
 

@@ -10,7 +10,7 @@ from torch.autograd import DeviceType
 from torch.autograd.profiler_util import FunctionEventAvg
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from ovseg_ros.tools.bench import stage_times_ms
+from ovseg_dev.bench import stage_times_ms
 
 
 def row(key: str, device_type: DeviceType, cpu_us: float, device_us: float) -> FunctionEventAvg:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ovseg_ros.tools.device_check import CALL_TIME_LIMITS, FULL, SMALL, STATUSES, Result, engine_problem, parse_parity, parse_tables, run_row
+from ovseg_dev.device_check import CALL_TIME_LIMITS, FULL, SMALL, STATUSES, Result, engine_problem, parse_parity, parse_tables, run_row
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "device_check.sh"

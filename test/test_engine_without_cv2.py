@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from ovseg_ros.rendering import Renderer
-from ovseg_ros.smoothing import TemporalSmoother
+from ovseg_ros.engine.rendering import Renderer
+from ovseg_ros.engine.smoothing import TemporalSmoother
 
 HEIGHT, WIDTH = 48, 64
 NAMES = ["wall", "floor", "box"]
@@ -24,13 +24,13 @@ WITHOUT_CV2 = textwrap.dedent(f"""
     import json, sys
     sys.modules["cv2"] = None  # import cv2 now raises ImportError
     import numpy as np, torch
-    from ovseg_ros.frame_pipeline import CompressedImageData, FramePipeline, OutputRequest, RawImageData
-    from ovseg_ros.image_codec import ImageError, decode_compressed, decode_image
+    from ovseg_ros.engine.frame_pipeline import CompressedImageData, FramePipeline, OutputRequest, RawImageData
+    from ovseg_ros.engine.image_codec import ImageError, decode_compressed, decode_image
     from ovseg_ros.models import build_model
-    from ovseg_ros.rendering import Renderer
-    from ovseg_ros.segmenter import Segmenter
-    from ovseg_ros.smoothing import TemporalSmoother
-    from ovseg_ros.vocabulary import VocabularyManager
+    from ovseg_ros.engine.rendering import Renderer
+    from ovseg_ros.engine.segmenter import Segmenter
+    from ovseg_ros.engine.smoothing import TemporalSmoother
+    from ovseg_ros.engine.vocabulary import VocabularyManager
 
     def error_of(call):
         try:

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from ovseg_ros.frame_pipeline import CompressedImageData, FramePipeline, OutputRequest, PipelineError, RawImageData
-from ovseg_ros.image_codec import ImageError
+from ovseg_ros.engine.frame_pipeline import CompressedImageData, FramePipeline, OutputRequest, PipelineError, RawImageData
+from ovseg_ros.engine.image_codec import ImageError
 from ovseg_ros.models import build_model
-from ovseg_ros.rendering import Renderer
-from ovseg_ros.segmenter import Segmenter
-from ovseg_ros.smoothing import TemporalSmoother
-from ovseg_ros.vocabulary import VocabularyManager
+from ovseg_ros.engine.rendering import Renderer
+from ovseg_ros.engine.segmenter import Segmenter
+from ovseg_ros.engine.smoothing import TemporalSmoother
+from ovseg_ros.engine.vocabulary import VocabularyManager
 
 HEIGHT, WIDTH = 48, 64
 RGB = np.random.default_rng(0).integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)

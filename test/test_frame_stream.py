@@ -8,15 +8,15 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.frame_pipeline import FramePipeline, OutputRequest, RawImageData
-from ovseg_ros.frame_stream import FrameStream, FrameTicket
-from ovseg_ros.handoff import FrameStats
-from ovseg_ros.image_codec import ImageError
+from ovseg_ros.ros.bags import synthetic_frame
+from ovseg_ros.engine.frame_pipeline import FramePipeline, OutputRequest, RawImageData
+from ovseg_ros.engine.frame_stream import FrameStream, FrameTicket
+from ovseg_ros.engine.frame_stats import FrameStats
+from ovseg_ros.engine.image_codec import ImageError
 from ovseg_ros.models import build_model
-from ovseg_ros.segmenter import Segmenter
-from ovseg_ros.smoothing import TemporalSmoother
-from ovseg_ros.vocabulary import VocabularyManager
+from ovseg_ros.engine.segmenter import Segmenter
+from ovseg_ros.engine.smoothing import TemporalSmoother
+from ovseg_ros.engine.vocabulary import VocabularyManager
 
 HEIGHT, WIDTH = 48, 64
 

@@ -6,7 +6,9 @@ from concurrent import futures
 
 import pytest
 
-from ovseg_ros.handoff import QUEUED, REFUSED, REPLACED, CameraSlots, FrameStats, SerialWorker
+from ovseg_ros.engine.camera_slots import QUEUED, REFUSED, REPLACED, CameraSlots
+from ovseg_ros.engine.frame_stats import FrameStats
+from ovseg_ros.engine.serial_worker import SerialWorker
 
 
 def slots(*cameras: str) -> tuple[CameraSlots, dict[str, FrameStats]]:

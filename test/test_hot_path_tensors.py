@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ovseg_ros.frame_pipeline import DepthData, FramePipeline, OutputRequest, RawImageData
+from ovseg_ros.engine.frame_pipeline import DepthData, FramePipeline, OutputRequest, RawImageData
 from ovseg_ros.models import build_model
-from ovseg_ros.points import PinholeIntrinsics
-from ovseg_ros.segmenter import Segmenter
-from ovseg_ros.smoothing import TemporalSmoother
-from ovseg_ros.vocabulary import VocabularyManager
+from ovseg_ros.engine.points import PinholeIntrinsics
+from ovseg_ros.engine.segmenter import Segmenter
+from ovseg_ros.engine.smoothing import TemporalSmoother
+from ovseg_ros.engine.vocabulary import VocabularyManager
 
 HEIGHT, WIDTH = 60, 80
 FROM_PYTHON_VALUES = {"tensor", "new_tensor", "as_tensor"}

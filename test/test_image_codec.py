@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovseg_ros.image_codec import MAX_PIXELS, ImageError, decode_compressed, decode_image, encode_image
+from ovseg_ros.engine.image_codec import MAX_PIXELS, ImageError, decode_compressed, decode_image, encode_image
 
 RGB = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
 

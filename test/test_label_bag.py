@@ -1,4 +1,4 @@
-"""Offline bag labeling (ovseg_ros.tools.label_bag): every frame in, the node's messages out.
+"""Offline bag labeling (ovseg_ros.commands.label_bag): every frame in, the node's messages out.
 
 The bags are made here with rosbags: raw and compressed frames, a corrupt frame of each
 kind, and a non-image topic; the last test sends the same frames to the node over DDS and
@@ -16,13 +16,13 @@ from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ovseg_ros.bag import synthetic_frame, typestore
-from ovseg_ros.image_codec import message_bytes
+from ovseg_ros.ros.bags import synthetic_frame, typestore
+from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.msg import ClassMap, SegmentationInfo
-from ovseg_ros.segmenter import build_segmenter
-from ovseg_ros.tools import label_bag
-from ovseg_ros.tools.harness import Peer
-from ovseg_ros.vocabulary import VocabularyManager
+from ovseg_ros.engine.segmenter import build_segmenter
+from ovseg_ros.commands import label_bag
+from ovseg_ros.commands.node_driver import Peer
+from ovseg_ros.engine.vocabulary import VocabularyManager
 
 from node_settings import TEST_MODEL, answer_timeout, matched_image_publisher, start_node, wait_until_serving
 

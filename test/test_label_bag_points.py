@@ -14,15 +14,15 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import StoragePlugin
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from ovseg_ros.frame_pipeline import DepthData, FramePipeline, OutputRequest
-from ovseg_ros.image_codec import message_bytes
-from ovseg_ros.messages import image_data, info_msg, raw_image_data
+from ovseg_ros.engine.frame_pipeline import DepthData, FramePipeline, OutputRequest
+from ovseg_ros.engine.image_codec import message_bytes
+from ovseg_ros.ros.conversions import image_data, info_msg, raw_image_data
 from ovseg_ros.msg import SegmentationInfo
-from ovseg_ros.point_cloud import intrinsics_from_camera_info, point_cloud_msg
-from ovseg_ros.smoothing import TemporalSmoother
-from ovseg_ros.segmenter import build_segmenter
-from ovseg_ros.tools import label_bag
-from ovseg_ros.vocabulary import VocabularyManager
+from ovseg_ros.ros.conversions import intrinsics_from_camera_info, point_cloud_msg
+from ovseg_ros.engine.smoothing import TemporalSmoother
+from ovseg_ros.engine.segmenter import build_segmenter
+from ovseg_ros.commands import label_bag
+from ovseg_ros.engine.vocabulary import VocabularyManager
 
 from node_settings import TEST_MODEL
 from test_label_bag import HEIGHT, OFFLINE_ARGS, SETTINGS, VOCABULARY, WIDTH, header_key, raw_frame, read_bag, write_bag

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from ovseg_ros.latency_budget import CerBudget, cer_ladder
+from ovseg_ros.engine.cer_budget import CerBudget, cer_ladder
 
 
 def linear_latency(k: int, a: float = 10.0, b: float = 10.0) -> float:

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 
-from ovseg_ros import launch_config
-from ovseg_ros.parameters import PARAMETERS_BY_NAME
+from ovseg_ros.ros import launch_config
+from ovseg_ros.ros.parameters import PARAMETERS_BY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
@@ -32,7 +32,7 @@ def node_call(tree: ast.Module) -> ast.Call:
 
 def test_launch_file_builds_its_node_from_launch_config():
     tree = launch_tree()
-    imported = {alias.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "ovseg_ros.launch_config" for alias in n.names}
+    imported = {alias.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "ovseg_ros.ros.launch_config" for alias in n.names}
     keywords = {kw.arg: kw.value for kw in node_call(tree).keywords}
     assert ast.unparse(keywords["package"]) == "PACKAGE" and ast.unparse(keywords["executable"]) == "EXECUTABLE"
     assert ast.unparse(keywords["name"]) == "NODE_NAME"

@@ -17,9 +17,9 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.tools.harness import Peer
-from ovseg_ros.image_codec import message_bytes
+from ovseg_ros.ros.bags import synthetic_frame
+from ovseg_ros.commands.node_driver import Peer
+from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 

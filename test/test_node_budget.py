@@ -17,11 +17,11 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 from rclpy.serialization import deserialize_message
 
-from ovseg_ros.latency_budget import CER_LADDER, CerBudget
+from ovseg_ros.engine.cer_budget import CER_LADDER, CerBudget
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
-from ovseg_ros.tools.harness import Peer
-from ovseg_ros.vocabulary import load_class_list
+from ovseg_ros.commands.node_driver import Peer
+from ovseg_ros.engine.vocabulary import load_class_list
 
 from node_settings import counters_add_up, fresh_counters, latest_diagnostics, matched_image_publisher, start_node, wait_until_serving
 from test_node_configs import raw_image

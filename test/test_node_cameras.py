@@ -21,12 +21,12 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.image_codec import message_bytes
-from ovseg_ros.messages import stamp_ns
+from ovseg_ros.ros.bags import synthetic_frame
+from ovseg_ros.engine.image_codec import message_bytes
+from ovseg_ros.ros.conversions import stamp_ns
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
-from ovseg_ros.tools.harness import NodeProcess, Peer
+from ovseg_ros.commands.node_driver import NodeProcess, Peer
 
 from node_settings import FRAME_COUNTERS, NODE_READY_TIMEOUT_S, TEST_MODEL, Lifecycle, answer_timeout, counters_add_up, latest_diagnostics, matched_image_publisher
 from ros2_cli import LaunchProcess, in_graph, subscriptions_of, wait_until_active

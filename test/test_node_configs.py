@@ -12,9 +12,9 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.tools.harness import NodeProcess, Peer
-from ovseg_ros.image_codec import message_bytes
+from ovseg_ros.ros.bags import synthetic_frame
+from ovseg_ros.commands.node_driver import NodeProcess, Peer
+from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 

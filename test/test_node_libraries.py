@@ -12,7 +12,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import LabelInfo
 
-from ovseg_ros.tools.harness import Peer
+from ovseg_ros.commands.node_driver import Peer
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 

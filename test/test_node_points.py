@@ -13,9 +13,9 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from ovseg_ros.image_codec import message_bytes
+from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
-from ovseg_ros.tools.harness import Peer
+from ovseg_ros.commands.node_driver import Peer
 
 from node_settings import answer_timeout, latest_diagnostics
 from test_node_configs import RELIABLE, answered, raw_image, start, wait_ready

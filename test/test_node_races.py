@@ -18,7 +18,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from ovseg_ros.tools.harness import Peer
+from ovseg_ros.commands.node_driver import Peer
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 

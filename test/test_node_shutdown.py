@@ -14,7 +14,7 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from ovseg_ros.tools.harness import NodeProcess, Peer
+from ovseg_ros.commands.node_driver import NodeProcess, Peer
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 

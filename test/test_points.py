@@ -1,4 +1,4 @@
-"""Labels in 3D (ovseg_ros.points): a synthetic scene of exact depth, known intrinsics.
+"""Labels in 3D (ovseg_ros.engine.points): a synthetic scene of exact depth, known intrinsics.
 
 The scene, seen by a 640x480 camera (fx = fy = 525, principal point at the image centre):
 a wall at z = 4 m (class 0), a floor 1.2 m below the camera (class 1, y = +1.2 in the optical
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from ovseg_ros.frame_pipeline import DepthData, FramePipeline, OutputRequest, RawImageData
-from ovseg_ros.image_codec import ImageError
-from ovseg_ros.points import POINT_DTYPE, PinholeIntrinsics, back_project, class_summary, decode_depth, points_of
+from ovseg_ros.engine.frame_pipeline import DepthData, FramePipeline, OutputRequest, RawImageData
+from ovseg_ros.engine.image_codec import ImageError
+from ovseg_ros.engine.points import POINT_DTYPE, PinholeIntrinsics, back_project, class_summary, decode_depth, points_of
 
 HEIGHT, WIDTH = 480, 640
 CAMERA = PinholeIntrinsics(525.0, 525.0, 319.5, 239.5, WIDTH, HEIGHT)
@@ -163,9 +163,9 @@ def test_millimetre_depth_through_the_pipeline():
     """The frame path with a 16UC1 depth image: points of the labels it published, the
     colour image's pixels, the summary parallel to present_class_ids."""
     from ovseg_ros.models import build_model
-    from ovseg_ros.segmenter import Segmenter
-    from ovseg_ros.smoothing import TemporalSmoother
-    from ovseg_ros.vocabulary import VocabularyManager
+    from ovseg_ros.engine.segmenter import Segmenter
+    from ovseg_ros.engine.smoothing import TemporalSmoother
+    from ovseg_ros.engine.vocabulary import VocabularyManager
 
     segmenter = Segmenter(build_model("san_tiny_dev"), short_edge=64)
     vocabularies = VocabularyManager(segmenter.encode_text)
@@ -201,7 +201,7 @@ def test_point_cloud_message_layout():
     pytest.importorskip("image_geometry")
     from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 
-    from ovseg_ros.point_cloud import intrinsics_from_camera_info, point_cloud_msg
+    from ovseg_ros.ros.conversions import intrinsics_from_camera_info, point_cloud_msg
 
     labels, depth = scene()
     points, _ = project(labels, depth, stride=4)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ovseg_ros.rendering import UNLABELED_COLOR, Renderer, class_color, index_color, palette
+from ovseg_ros.engine.rendering import UNLABELED_COLOR, Renderer, class_color, index_color, palette
 
 BOTH_PATHS = pytest.mark.parametrize("torch_ops", [False, True], ids=["cv2", "torch"])
 NAMES_150 = [f"class {i}" for i in range(150)]

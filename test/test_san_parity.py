@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ovseg_ros.tools.check_parity import run_case
+from ovseg_ros.commands.check_parity import run_case
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 

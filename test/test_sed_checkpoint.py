@@ -15,7 +15,7 @@ import torch
 
 from ovseg_ros.models.checkpoint import SED_CLIP_PREFIX, CheckpointError
 from ovseg_ros.models.sed import build_sed
-from ovseg_ros.tools import check_parity
+from ovseg_ros.commands import check_parity
 
 OFFICIAL_TO_OURS = {
     SED_CLIP_PREFIX + "visual.": "image_encoder.",

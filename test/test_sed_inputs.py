@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ovseg_ros.models.sed import build_sed
-from ovseg_ros.segmenter import Segmenter, resized_shape
-from ovseg_ros.tools.check_parity import seeded_state_dict
+from ovseg_ros.engine.segmenter import Segmenter, resized_shape
+from ovseg_ros.commands.check_parity import seeded_state_dict
 
 
 @pytest.fixture(scope="module")

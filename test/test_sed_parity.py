@@ -7,7 +7,7 @@ case on a laptop CPU (the 80-template text encoding dominates).
 
 import pytest
 
-from ovseg_ros.tools import check_parity
+from ovseg_ros.commands import check_parity
 
 CASES = ["sed_b_seed1", "sed_b_seed1_cer24", "sed_l_seed1"]
 

@@ -11,9 +11,9 @@ import torch
 
 from ovseg_ros.models import build_model
 from ovseg_ros.models.sed import build_sed
-from ovseg_ros.segmenter import Segmenter, resized_shape
-from ovseg_ros.tools.check_parity import seeded_state_dict
-from ovseg_ros.vocabulary import TextEmbeddingCache, VocabularyError, VocabularyManager, load_class_list
+from ovseg_ros.engine.segmenter import Segmenter, resized_shape
+from ovseg_ros.commands.check_parity import seeded_state_dict
+from ovseg_ros.engine.vocabulary import TextEmbeddingCache, VocabularyError, VocabularyManager, load_class_list
 
 RGB = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
 
@@ -69,9 +69,9 @@ def test_resize_matches_detectron2_rounding():
 def test_engine_imports_without_rclpy():
     code = (
         "import sys; sys.modules['rclpy'] = None\n"
-        "import ovseg_ros.segmenter, ovseg_ros.models.sed, ovseg_ros.models.san, ovseg_ros.vocabulary, "
-        "ovseg_ros.frame_pipeline, ovseg_ros.frame_stream, ovseg_ros.latency_budget, "
-        "ovseg_ros.smoothing, ovseg_ros.rendering, ovseg_ros.image_codec, ovseg_ros.bag, ovseg_ros.tools.check_parity\n"
+        "import ovseg_ros.engine.segmenter, ovseg_ros.models.sed, ovseg_ros.models.san, ovseg_ros.engine.vocabulary, "
+        "ovseg_ros.engine.frame_pipeline, ovseg_ros.engine.frame_stream, ovseg_ros.engine.cer_budget, "
+        "ovseg_ros.engine.smoothing, ovseg_ros.engine.rendering, ovseg_ros.engine.image_codec, ovseg_ros.ros.bags, ovseg_ros.commands.check_parity\n"
         "assert 'rclpy' not in {m.split('.')[0] for m, v in sys.modules.items() if v is not None}\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ovseg_ros.models import build_model
-from ovseg_ros.segmenter import COMPILE_MODES, COMPILE_RECOMPILE_LIMIT, Segmenter, compile_mode_for_threads, compile_targets
+from ovseg_ros.engine.segmenter import COMPILE_MODES, COMPILE_RECOMPILE_LIMIT, Segmenter, compile_mode_for_threads, compile_targets
 
 
 def compiled(module: torch.nn.Module) -> bool:

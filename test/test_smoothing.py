@@ -1,4 +1,4 @@
-"""Tests of ovseg_ros.smoothing (real optical flow and warping, small images)."""
+"""Tests of ovseg_ros.engine.smoothing (real optical flow and warping, small images)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ovseg_ros.smoothing import TemporalSmoother
-from ovseg_ros.tools.bench_smoothing import run
+from ovseg_ros.engine.smoothing import TemporalSmoother
+from ovseg_dev.bench_smoothing import run
 
 HEIGHT, WIDTH, CLASSES = 48, 64, 3
 DT = 1 / 30

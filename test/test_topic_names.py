@@ -2,7 +2,7 @@
 
 import pytest
 
-from ovseg_ros.topic_names import camera_prefixes, mask_topic_names
+from ovseg_ros.ros.topic_names import camera_prefixes, mask_topic_names
 
 
 def test_names_become_valid_unique_topic_tokens():

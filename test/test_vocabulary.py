@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ovseg_ros.vocabulary import (
+from ovseg_ros.engine.vocabulary import (
     MAX_CLASSES,
     MODE_ADD,
     MODE_REMOVE,

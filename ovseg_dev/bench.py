@@ -1,15 +1,15 @@
 """Benchmarks that print figures (speed goals live here, not in timed tests).
 
-    python -m ovseg_ros.tools.bench model --model sed_convnext_base --vocab ade150 ade847 --cer 0 8 1 [--distinct 8]
-    python -m ovseg_ros.tools.bench pipeline --model san_tiny_dev --size 640x480 1280x720
-    python -m ovseg_ros.tools.bench text --model sed_convnext_base --vocab ade150
-    python -m ovseg_ros.tools.bench node --model sed_convnext_base [--long]
-    python -m ovseg_ros.tools.bench all            # model, then node, in one run
-    python -m ovseg_ros.tools.bench cameras --model sed_tiny_dev --cameras 1 2 4   # one node batching N cameras vs N nodes
-    python -m ovseg_ros.tools.bench streams --model sed_convnext_base --cameras 1 2 4   # the same without ROS (GPU check)
+    python -m ovseg_dev.bench model --model sed_convnext_base --vocab ade150 ade847 --cer 0 8 1 [--distinct 8]
+    python -m ovseg_dev.bench pipeline --model san_tiny_dev --size 640x480 1280x720
+    python -m ovseg_dev.bench text --model sed_convnext_base --vocab ade150
+    python -m ovseg_dev.bench node --model sed_convnext_base [--long]
+    python -m ovseg_dev.bench all            # model, then node, in one run
+    python -m ovseg_dev.bench cameras --model sed_tiny_dev --cameras 1 2 4   # one node batching N cameras vs N nodes
+    python -m ovseg_dev.bench streams --model sed_convnext_base --cameras 1 2 4   # the same without ROS (GPU check)
 
 ``model``: per-stage latency of one frame through the
-:class:`~ovseg_ros.frame_pipeline.FramePipeline` (labels only, no smoothing) for every
+:class:`~ovseg_ros.engine.frame_pipeline.FramePipeline` (labels only, no smoothing) for every
 (vocabulary, CER top-K) combination, measured in one run, with the ratios between them. Stage times come from the ``ovseg.*`` profiler labels in the model code
 (``torch.profiler``; device time on CUDA, CPU time otherwise); ``total`` is wall time
 without the profiler.
@@ -28,7 +28,7 @@ configuration: allocated tensors on CUDA; on the CPU the process's RSS, whose ke
 high-water mark is reset per configuration (so ``/usr/bin/time`` reports the last one's).
 
 ``pipeline``: the frame path's throughput, serial (:meth:`FramePipeline.process` per frame)
-vs overlapped (:class:`~ovseg_ros.frame_stream.FrameStream` fed faster than it can go), at
+vs overlapped (:class:`~ovseg_ros.engine.frame_stream.FrameStream` fed faster than it can go), at
 each image size, with labels only and with every output requested (colour, overlay,
 confidence, 3 masks); each delivered frame is also encoded into message bytes as the node
 does, so publishing is counted. Per-stage medians come from the frames' own timings.
@@ -38,8 +38,8 @@ FrameStream batches them (one model) vs one pipeline and stream per camera (N mo
 one process), frames/s in total and per camera, and the models' memory; the node-level
 version over DDS is ``cameras``.
 
-``text``: text encoding (:meth:`~ovseg_ros.segmenter.Segmenter.encode_text`) of a class list
-with an empty :class:`~ovseg_ros.vocabulary.TextEmbeddingCache` (in a temporary directory)
+``text``: text encoding (:meth:`~ovseg_ros.engine.segmenter.Segmenter.encode_text`) of a class list
+with an empty :class:`~ovseg_ros.engine.vocabulary.TextEmbeddingCache` (in a temporary directory)
 and again with the cache filled, as the node encodes a vocabulary.
 """
 
@@ -62,14 +62,14 @@ import torch.nn.functional as F
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from ovseg_ros.frame_pipeline import FramePipeline, OutputRequest, RawImageData
-from ovseg_ros.frame_stream import FrameStream, FrameTicket
-from ovseg_ros.handoff import FrameStats
-from ovseg_ros.image_codec import encode_image, message_bytes
+from ovseg_ros.engine.frame_pipeline import FramePipeline, OutputRequest, RawImageData
+from ovseg_ros.engine.frame_stream import FrameStream, FrameTicket
+from ovseg_ros.engine.frame_stats import FrameStats
+from ovseg_ros.engine.image_codec import encode_image, message_bytes
 from ovseg_ros.models.checkpoint import file_digest
-from ovseg_ros.segmenter import COMPILE_MODES, Segmenter, build_segmenter
-from ovseg_ros.smoothing import TemporalSmoother
-from ovseg_ros.vocabulary import TextEmbeddingCache, Vocabulary, VocabularyManager, load_class_list
+from ovseg_ros.engine.segmenter import COMPILE_MODES, Segmenter, build_segmenter
+from ovseg_ros.engine.smoothing import TemporalSmoother
+from ovseg_ros.engine.vocabulary import TextEmbeddingCache, Vocabulary, VocabularyManager, load_class_list
 
 STAGE_PREFIX = "ovseg."
 
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     streams.add_argument("--vocab", default="ade150", help="shipped class list (random text features)")
     streams.add_argument("--classes", type=int, default=0, help="only the first N classes of the list (0: all)")
     streams.add_argument("--frames", type=int, default=20, help="frames per camera per row")
-    cameras = commands.add_parser("cameras", parents=[common], help="N cameras: one node batching them vs one node per camera (ovseg_ros.tools.bench_cameras)")
+    cameras = commands.add_parser("cameras", parents=[common], help="N cameras: one node batching them vs one node per camera (ovseg_dev.bench_cameras)")
     cameras.add_argument("--cameras", nargs="+", type=int, default=[1, 2, 4], help="numbers of cameras N")
     cameras.add_argument("--image", default="640x480", help="camera image WIDTHxHEIGHT")
     cameras.add_argument("--camera-hz", type=float, default=30.0, help="each camera's frame rate (faster than the model: saturated)")
@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     cameras.add_argument("--ready-timeout", type=float, default=0.0, help="seconds for the nodes to come up and answer every camera (0: the node benchmark's)")
     args = parser.parse_args(argv)
     if args.command == "cameras":
-        from ovseg_ros.tools.bench_cameras import bench_cameras  # needs ROS 2
+        from ovseg_dev.bench_cameras import bench_cameras  # needs ROS 2
 
         return bench_cameras(args)
     if args.command == "text":
@@ -524,7 +524,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_node(args: argparse.Namespace) -> None:
-    from ovseg_ros.tools.bench_node import run_node_benchmarks  # needs ROS 2
+    from ovseg_dev.bench_node import run_node_benchmarks  # needs ROS 2
 
     if args.long:
         args.soak_frames, args.soak_changes = 10_000, 1_000

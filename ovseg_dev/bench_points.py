@@ -1,8 +1,8 @@
-"""Point-cloud construction per frame: ``python -m ovseg_ros.tools.bench_points [--stride 2]``.
+"""Point-cloud construction per frame: ``python -m ovseg_dev.bench_points [--stride 2]``.
 
 A 640x480 frame (labels, scores, colour, 16UC1 depth with 5% holes) through
-:func:`ovseg_ros.points.back_project` (the cloud's records), with the copy of the records
-into a PointCloud2's bytes, and :func:`ovseg_ros.points.class_summary`; prints the median and p95 wall ms, and the
+:func:`ovseg_ros.engine.points.back_project` (the cloud's records), with the copy of the records
+into a PointCloud2's bytes, and :func:`ovseg_ros.engine.points.class_summary`; prints the median and p95 wall ms, and the
 median CPU ms of this thread (with ``--threads 1``: the wall time it would take on an idle
 core, when other processes share the CPU).
 """
@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from ovseg_ros.points import PinholeIntrinsics, back_project, class_summary, points_of
+from ovseg_ros.engine.points import PinholeIntrinsics, back_project, class_summary, points_of
 
 
 def frame(height: int, width: int, num_classes: int, seed: int = 0):

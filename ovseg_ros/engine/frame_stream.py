@@ -1,4 +1,4 @@
-"""Live camera streams through one :class:`~ovseg_ros.frame_pipeline.FramePipeline`, overlapped and batched.
+"""Live camera streams through one :class:`~ovseg_ros.engine.frame_pipeline.FramePipeline`, overlapped and batched.
 
     stream = FrameStream(pipeline, {"front": front_stats, "rear": rear_stats}, max_batch=4)
     stream.submit(FrameTicket(image, stamp_s, request, tag, camera="front"))   # never blocks
@@ -25,7 +25,7 @@ with no frame: a slow or silent camera does not hold up the others.
 Model results are never dropped: the inference thread waits for the publisher to take the
 previous one. Every submitted frame is accounted for exactly once: the stream counts those
 it drops or never delivers (``dropped``, ``ignored``) in its camera's
-:class:`~ovseg_ros.handoff.FrameStats`; the caller counts the outcome of every
+:class:`~ovseg_ros.engine.frame_stats.FrameStats`; the caller counts the outcome of every
 :class:`StreamResult` it receives.
 """
 
@@ -37,8 +37,9 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from .frame_pipeline import DepthData, FramePipeline, FrameOutputs, ImageData, InferredFrame, OutputRequest, PreparedFrame
-from .handoff import REFUSED, CameraSlots, FrameStats
+from ovseg_ros.engine.frame_pipeline import DepthData, FramePipeline, FrameOutputs, ImageData, InferredFrame, OutputRequest, PreparedFrame
+from ovseg_ros.engine.camera_slots import REFUSED, CameraSlots
+from ovseg_ros.engine.frame_stats import FrameStats
 
 INFERENCE_THREAD_NAME = "ovseg-inference"
 PREPARE_THREAD_NAME = "ovseg-prepare"

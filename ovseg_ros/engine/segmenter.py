@@ -8,8 +8,8 @@
 It owns what is the same for every model: device, precision (autocast), memory format,
 ``torch.compile`` of the heavy parts, the authors' resize to a 640 short edge, the
 text-embedding cache and SED's category early rejection switch. Decoding, smoothing,
-labels and rendering are the frame pipeline's (:mod:`ovseg_ros.frame_pipeline`);
-vocabularies are :mod:`ovseg_ros.vocabulary`'s.
+labels and rendering are the frame pipeline's (:mod:`ovseg_ros.engine.frame_pipeline`);
+vocabularies are :mod:`ovseg_ros.engine.vocabulary`'s.
 
 Preprocessing deviates from the authors' evaluation path in one documented way: the
 authors resize the camera image with PIL (uint8, bilinear) to a 640 short edge before the
@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import build_model, resolve_weights
-from .models.base import OpenVocabModel
-from .models.checkpoint import file_digest
-from .models.scores import ClassScores
-from .vocabulary import TextEmbeddingCache, default_cache_dir
+from ovseg_ros.models import build_model, resolve_weights
+from ovseg_ros.models.base import OpenVocabModel
+from ovseg_ros.models.checkpoint import file_digest
+from ovseg_ros.models.scores import ClassScores
+from ovseg_ros.engine.vocabulary import TextEmbeddingCache, default_cache_dir
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Short edge the authors evaluate at (detectron2 ResizeShortestEdge(640, max_size=2560)).

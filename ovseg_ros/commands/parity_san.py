@@ -1,4 +1,4 @@
-"""Run our SAN on a parity case of the authors' code (see ``ovseg_ros.tools.check_parity``).
+"""Run our SAN on a parity case of the authors' code (see ``ovseg_ros.commands.check_parity``).
 
 Everything comes from ``case.json``: the variant, the class names, the output size and the
 inference mode. A mode or preprocessing this implementation does not reproduce raises
@@ -12,7 +12,7 @@ import torch
 
 from ovseg_ros.models.san import build_san
 from ovseg_ros.models.san.model import PIXEL_MEAN, PIXEL_STD
-from ovseg_ros.tools.check_parity import as_numpy, autocast
+from ovseg_ros.commands.check_parity import as_numpy, autocast
 
 
 def _check_supported(case: dict) -> None:

@@ -23,8 +23,8 @@ both at start-up); outputs are lifecycle publishers, so nothing is published whi
 inactive, not even a frame that was in flight at deactivate. Configure-time parameters
 (model, device...) can be set while unconfigured: cleanup, set, configure switches them.
 Every output carries the input image's header unchanged. The node converts messages into
-the ROS-free :class:`~ovseg_ros.frame_pipeline.FramePipeline` and its outputs back into
-messages; frames go through a :class:`~ovseg_ros.frame_stream.FrameStream` (decode/upload,
+the ROS-free :class:`~ovseg_ros.engine.frame_pipeline.FramePipeline` and its outputs back into
+messages; frames go through a :class:`~ovseg_ros.engine.frame_stream.FrameStream` (decode/upload,
 model and publishing overlapped, latest-frame hand-offs), so the executor never waits for
 the model and a slow model answers the newest frame rather than a backlog; one publishing
 thread takes its results. Several cameras share the one model: frames waiting from several
@@ -63,20 +63,22 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from vision_msgs.msg import LabelInfo, VisionClass
 
-from ovseg_ros.frame_pipeline import FrameOutputs, FramePipeline, OutputRequest
-from ovseg_ros.frame_stream import INFERENCE_THREAD_NAME, FrameStream, FrameTicket, StreamResult
-from ovseg_ros.handoff import REFUSED, FrameStats, SerialWorker
-from ovseg_ros.image_codec import ImageError
-from ovseg_ros.messages import class_map_msg, depth_data, image_data, image_msg, info_msg, stamp_ns
+from ovseg_ros.engine.frame_pipeline import FrameOutputs, FramePipeline, OutputRequest
+from ovseg_ros.engine.frame_stream import INFERENCE_THREAD_NAME, FrameStream, FrameTicket, StreamResult
+from ovseg_ros.engine.camera_slots import REFUSED
+from ovseg_ros.engine.frame_stats import FrameStats
+from ovseg_ros.engine.serial_worker import SerialWorker
+from ovseg_ros.engine.image_codec import ImageError
+from ovseg_ros.ros.conversions import class_map_msg, depth_data, image_data, image_msg, info_msg, stamp_ns
 from ovseg_ros.models.checkpoint import CheckpointError
 from ovseg_ros.msg import ClassMap, SegmentationInfo
-from ovseg_ros.parameters import PARAMETERS, PARAMETERS_BY_NAME
-from ovseg_ros.point_cloud import point_cloud_msg
-from ovseg_ros.segmenter import Segmenter, build_segmenter, compile_mode_for_threads
-from ovseg_ros.smoothing import TemporalSmoother, smoothing_mode
+from ovseg_ros.ros.parameters import PARAMETERS, PARAMETERS_BY_NAME
+from ovseg_ros.ros.conversions import point_cloud_msg
+from ovseg_ros.engine.segmenter import Segmenter, build_segmenter, compile_mode_for_threads
+from ovseg_ros.engine.smoothing import TemporalSmoother, smoothing_mode
 from ovseg_ros.srv import SetVocabulary
-from ovseg_ros.topic_names import camera_prefixes, mask_topic_names
-from ovseg_ros.vocabulary import (
+from ovseg_ros.ros.topic_names import camera_prefixes, mask_topic_names
+from ovseg_ros.engine.vocabulary import (
     Vocabulary,
     VocabularyError,
     VocabularyManager,

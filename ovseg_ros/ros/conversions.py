@@ -1,6 +1,6 @@
 """Camera messages in, a frame's outputs out as ROS messages: what the node publishes.
 
-The node (:mod:`ovseg_ros.node`) and offline bag labeling (:mod:`ovseg_ros.tools.label_bag`)
+The node (:mod:`ovseg_ros.ros.node`) and offline bag labeling (:mod:`ovseg_ros.commands.label_bag`)
 both build their messages here, so a recorded frame and a live one are the same bytes:
 
     image = image_data(msg)                                  # sensor_msgs/Image or CompressedImage
@@ -15,15 +15,18 @@ Only what depends on the node's clock and threads is left to the node: ``queue_m
 
 from __future__ import annotations
 
-import numpy as np
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+import sys
 
-from ovseg_ros.frame_pipeline import CompressedImageData, DepthData, FrameOutputs, ImageData, RawImageData
-from ovseg_ros.image_codec import encode_image, message_bytes
+import numpy as np
+from image_geometry import PinholeCameraModel
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+
+from ovseg_ros.engine.frame_pipeline import CompressedImageData, DepthData, FrameOutputs, ImageData, RawImageData
+from ovseg_ros.engine.image_codec import encode_image, message_bytes
+from ovseg_ros.engine.points import POINT_DTYPE, PinholeIntrinsics
 from ovseg_ros.msg import ClassMap, SegmentationInfo
-from ovseg_ros.point_cloud import intrinsics_from_camera_info
-from ovseg_ros.topic_names import mask_topic_names
-from ovseg_ros.vocabulary import Vocabulary
+from ovseg_ros.ros.topic_names import mask_topic_names
+from ovseg_ros.engine.vocabulary import Vocabulary
 
 
 def stamp_ns(header) -> int:
@@ -100,3 +103,51 @@ def depth_data(frame: Image | CompressedImage, depth: Image, camera_info: Camera
     """
     width, height = (depth.width, depth.height) if isinstance(frame, CompressedImage) else (frame.width, frame.height)
     return DepthData(raw_image_data(depth), intrinsics_from_camera_info(camera_info, width, height))
+
+
+_POINT_FIELD_TYPES = {np.dtype("<f4"): PointField.FLOAT32, np.dtype("<u2"): PointField.UINT16}
+
+#: The PointFields of ``segmentation/points``: x, y, z, rgb, score (float32), label (uint16).
+POINT_FIELDS = tuple(
+    PointField(name=name, offset=offset, datatype=_POINT_FIELD_TYPES[dtype], count=1) for name, (dtype, offset) in POINT_DTYPE.fields.items()
+)
+
+
+def point_cloud_msg(header, points: np.ndarray) -> PointCloud2:
+    """(N,) POINT_DTYPE records -> PointCloud2 with ``header`` (the colour image's)."""
+    if points.dtype != POINT_DTYPE:
+        raise ValueError(f"points must have the POINT_DTYPE layout, not {points.dtype}")
+    if sys.byteorder != "little":  # the records are built in the host's word order
+        raise RuntimeError("labeled point clouds are built on little-endian hosts only")
+    msg = PointCloud2()
+    msg.header = header
+    msg.height, msg.width = 1, len(points)
+    msg.fields = list(POINT_FIELDS)
+    msg.is_bigendian = False
+    msg.point_step = POINT_DTYPE.itemsize
+    msg.row_step = POINT_DTYPE.itemsize * len(points)
+    msg.is_dense = True
+    msg.data = message_bytes(np.ascontiguousarray(points))
+    return msg
+
+
+def intrinsics_from_camera_info(camera_info: CameraInfo, image_width: int, image_height: int) -> PinholeIntrinsics:
+    """The colour camera's pinhole intrinsics, by image_geometry's PinholeCameraModel.
+
+    The projection matrix P (the rectified camera, as depth_image_proc uses) when set, else K;
+    binning and ROI applied. A camera_info without a size describes the image it comes with
+    (``image_width`` x ``image_height``). Raises :class:`ImageError` if unusable.
+    """
+    model = PinholeCameraModel()
+    model.fromCameraInfo(camera_info)
+    if model.fx() > 0 and model.fy() > 0:
+        fx, fy, cx, cy = model.fx(), model.fy(), model.cx(), model.cy()
+    else:  # no P: the camera matrix, adjusted the same way (PinholeCameraModel adjusts K too)
+        k = model.intrinsicMatrix()
+        fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+    width, height = model.raw_roi.width // model.binning_x, model.raw_roi.height // model.binning_y
+    if width == 0 or height == 0:
+        width, height = image_width, image_height
+    intrinsics = PinholeIntrinsics(float(fx), float(fy), float(cx), float(cy), int(width), int(height))
+    intrinsics.check()
+    return intrinsics

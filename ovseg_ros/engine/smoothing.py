@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .uploads import upload
+from ovseg_ros.engine.uploads import upload
 
 try:
     import cv2

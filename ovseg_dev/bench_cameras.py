@@ -1,6 +1,6 @@
 """Several cameras, one model: one node batching N cameras vs one node per camera, over DDS.
 
-    python -m ovseg_ros.tools.bench cameras --model sed_tiny_dev --device cpu --cameras 1 2 4 --seconds 20 --image 640x480 --camera-hz 30
+    python -m ovseg_dev.bench cameras --model sed_tiny_dev --device cpu --cameras 1 2 4 --seconds 20 --image 640x480 --camera-hz 30
 
 For each N of ``--cameras``, in one run and one after another:
 
@@ -9,7 +9,7 @@ For each N of ``--cameras``, in one run and one after another:
   its image remapped, as one would run them without the ``cameras`` parameter.
 
 Both lay the topics out the same way (``/<run>/camI/image`` in, ``/<run>/camI/segmentation/...``
-out). Every camera publishes the same synthetic frame (:func:`ovseg_ros.bag.synthetic_frame`),
+out). Every camera publishes the same synthetic frame (:func:`ovseg_ros.ros.bags.synthetic_frame`),
 stamped with the wall clock at publishing, at ``--camera-hz`` (faster than the model goes,
 so it is saturated), reliable QoS on both ends; label and info are subscribed. After every
 camera's first answer and ``--warmup`` seconds, frames whose header stamps were sent in the
@@ -42,13 +42,13 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
 
-from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.image_codec import message_bytes
+from ovseg_ros.ros.bags import synthetic_frame
+from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
-from ovseg_ros.ros_env import isolated_ros_environment
-from ovseg_ros.tools.bench import machine_description
-from ovseg_ros.tools.bench_node import READY_TIMEOUT_S, RELIABLE, VOCABULARY
-from ovseg_ros.tools.harness import NodeProcess, Peer
+from ovseg_ros.ros.environment import isolated_ros_environment
+from ovseg_dev.bench import machine_description
+from ovseg_dev.bench_node import READY_TIMEOUT_S, RELIABLE, VOCABULARY
+from ovseg_ros.commands.node_driver import NodeProcess, Peer
 
 MODES = ("batched", "separate")
 DIAGNOSTICS_PERIOD_S = 1.0  # the node publishes /diagnostics at 1 Hz

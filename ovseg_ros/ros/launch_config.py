@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 
-from ovseg_ros.topic_names import camera_prefixes
+from ovseg_ros.ros.topic_names import camera_prefixes
 
 PACKAGE = "ovseg_ros"
 EXECUTABLE = "ovseg_node"

@@ -1,6 +1,6 @@
 """Benchmark temporal smoothing on a synthetic video with ground truth.
 
-    python -m ovseg_ros.tools.bench_smoothing [--frames 72] [--seed 0] [--threads 1]
+    python -m ovseg_dev.bench_smoothing [--frames 72] [--seed 0] [--threads 1]
 
 The video (:func:`synthetic_video`): textured shapes of four classes move (bouncing,
 overlapping) over a textured background that pans back and forth, with sensor noise;
@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 
-from ovseg_ros.smoothing import MODES, TemporalSmoother
+from ovseg_ros.engine.smoothing import MODES, TemporalSmoother
 
 N_CLASSES = 8  # background 0, objects 1..4, classes 5..7 never present
 FPS = 30.0

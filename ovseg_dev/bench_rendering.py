@@ -1,6 +1,6 @@
 """Benchmark the output rendering: colour map, overlay, confidence, masks, class counts.
 
-    python -m ovseg_ros.tools.bench_rendering [--size 1280x720] [--classes 150] [--repeats 30]
+    python -m ovseg_dev.bench_rendering [--size 1280x720] [--classes 150] [--repeats 30]
                                               [--masks 4] [--threads 1] [--device cuda]
 
 Measures, in one run, per operation and image size (default 640x480 and 1280x720):
@@ -8,7 +8,7 @@ Measures, in one run, per operation and image size (default 640x480 and 1280x720
 * before: the previous numpy implementation (int64 fancy indexing for the colour map, a
   float32 blend for the overlay and confidence, ``np.where`` masks, ``np.bincount`` on the
   labels), kept here only as the baseline;
-* cv2: :class:`~ovseg_ros.rendering.Renderer` on the CPU (cv2 kernels on tensor views);
+* cv2: :class:`~ovseg_ros.engine.rendering.Renderer` on the CPU (cv2 kernels on tensor views);
 * with ``--device cuda``: the Renderer's torch path on that device (synchronized).
 
 Labels are random class ids with 10% unlabeled pixels: uint8 up to 254 classes, else int32.
@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-from ovseg_ros.rendering import Renderer, palette
+from ovseg_ros.engine.rendering import Renderer, palette
 
 OVERLAY_ALPHA = 0.5
 

@@ -22,7 +22,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message
 
-from ovseg_ros.launch_config import EXECUTABLE, PACKAGE, node_command
+from ovseg_ros.ros.launch_config import EXECUTABLE, PACKAGE, node_command
 
 
 def package_share() -> Path:

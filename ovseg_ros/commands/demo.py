@@ -1,6 +1,6 @@
 """The main job on the built-in sample: replay a camera bag through the node, record its outputs, then label every frame offline.
 
-    python -m ovseg_ros.tools.demo [--bag DIR] [--out DIR] [--model NAME] [--weights PATH]
+    python -m ovseg_ros.commands.demo [--bag DIR] [--out DIR] [--model NAME] [--weights PATH]
 
 1. makes the sample rosbag2 (synthetic camera sequence, mcap) if it is not there;
 2. starts the node as its own process, exactly as ``ros2 launch ovseg_ros segment.launch.py``
@@ -8,7 +8,7 @@
 3. replays the bag into it over DDS at the bag's rate and records the node's outputs into
    an output bag;
 4. writes overlay PNGs and prints a one-screen summary (frames in/out, dropped, latency);
-5. labels the same bag offline (:mod:`ovseg_ros.tools.label_bag`: every frame, no real-time
+5. labels the same bag offline (:mod:`ovseg_ros.commands.label_bag`: every frame, no real-time
    pacing) into ``labeled_bag`` and says how many frames it labeled, how fast.
 """
 
@@ -28,12 +28,12 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from sensor_msgs.msg import Image
 
-from ovseg_ros.bag import SAMPLE_TOPIC, typestore, write_sample_bag
-from ovseg_ros.tools import label_bag
-from ovseg_ros.tools.harness import NodeProcess, Peer, package_share
+from ovseg_ros.ros.bags import SAMPLE_TOPIC, typestore, write_sample_bag
+from ovseg_ros.commands import label_bag
+from ovseg_ros.commands.node_driver import NodeProcess, Peer, package_share
 from ovseg_ros.models import resolve_weights, weights_dir
 from ovseg_ros.msg import SegmentationInfo
-from ovseg_ros.ros_env import isolated_ros_environment
+from ovseg_ros.ros.environment import isolated_ros_environment
 
 OUTPUT_TOPICS = {
     "segmentation/label": "sensor_msgs/msg/Image",
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 def label_offline(bag: Path, labeled_bag: Path, model: str, weights: str) -> int:
     """Every frame of ``bag`` through the same model, offline, into ``labeled_bag`` (replaced if
     there); label_bag prints the count and frames/s. The node has exited: all cores are free."""
-    print(f"\nlabeling every frame of {bag} offline (python -m ovseg_ros.tools.label_bag)")
+    print(f"\nlabeling every frame of {bag} offline (python -m ovseg_ros.commands.label_bag)")
     argv = [str(bag), str(labeled_bag), "--overwrite", "--outputs", "label,info,class_map,color"]
     argv += ["--model", model] if model else []
     argv += ["--weights", weights] if weights else []

@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 import torch
 
-from .uploads import upload
+from ovseg_ros.engine.uploads import upload
 
 try:
     import cv2

@@ -1,10 +1,10 @@
 """The device check's first row: tiny models through every CUDA path of the frame path, with host syncs counted.
 
-    python -m ovseg_ros.tools.cuda_smoke --device cuda      # on the GPU machine (device_check call 1)
-    python -m ovseg_ros.tools.cuda_smoke --device cpu       # the same paths on the CPU (no sync counts)
+    python -m ovseg_dev.cuda_smoke --device cuda      # on the GPU machine (device_check call 1)
+    python -m ovseg_dev.cuda_smoke --device cpu       # the same paths on the CPU (no sync counts)
 
-Each path runs the real :class:`~ovseg_ros.frame_pipeline.FramePipeline` (or
-:class:`~ovseg_ros.frame_stream.FrameStream`) on tiny SED / SAN models: warm-up frames first,
+Each path runs the real :class:`~ovseg_ros.engine.frame_pipeline.FramePipeline` (or
+:class:`~ovseg_ros.engine.frame_stream.FrameStream`) on tiny SED / SAN models: warm-up frames first,
 then measured frames under ``torch.cuda.set_sync_debug_mode("warn")``, whose warnings are
 counted per frame and traced to the line that caused them. A path fails when it raises, when
 its outputs are wrong in kind (dtype, shape, empty cloud), or when it synchronises with the
@@ -33,15 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest, RawImageData
-from ovseg_ros.frame_stream import FrameStream, FrameTicket
-from ovseg_ros.handoff import FrameStats
+import ovseg_ros
+
+from ovseg_ros.ros.bags import synthetic_frame
+from ovseg_ros.engine.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest, RawImageData
+from ovseg_ros.engine.frame_stream import FrameStream, FrameTicket
+from ovseg_ros.engine.frame_stats import FrameStats
 from ovseg_ros.models import build_model
-from ovseg_ros.points import PinholeIntrinsics
-from ovseg_ros.segmenter import Segmenter
-from ovseg_ros.smoothing import TemporalSmoother
-from ovseg_ros.vocabulary import VocabularyManager
+from ovseg_ros.engine.points import PinholeIntrinsics
+from ovseg_ros.engine.segmenter import Segmenter
+from ovseg_ros.engine.smoothing import TemporalSmoother
+from ovseg_ros.engine.vocabulary import VocabularyManager
 
 HEIGHT, WIDTH = 120, 160
 CLASSES = ["wall", "floor", "person", "box", "chair", "table"]
@@ -50,7 +52,7 @@ OTHER_CLASSES = ["sky", "road", "car"]
 CER_SYNCS = 3
 POINTS_SYNCS = 1
 SYNC_WARNING = "synchronizing"  # torch's text: "called a synchronizing CUDA operation"
-PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+PACKAGE_DIR = str(Path(ovseg_ros.__file__).resolve().parent)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Label every image frame of a recorded rosbag2 offline, into a new bag.
 
-    python -m ovseg_ros.tools.label_bag IN OUT [--model NAME] [--weights PATH] [--device DEV]
+    python -m ovseg_ros.commands.label_bag IN OUT [--model NAME] [--weights PATH] [--device DEV]
         [--vocabulary CLASS [CLASS ...] | --vocabulary-file FILE] [--topics TOPIC [TOPIC ...]]
         [--outputs label,info,class_map,color,overlay,confidence,points] [--depth-topic [IMAGE_TOPIC=]TOPIC]
         [--camera-info-topic [IMAGE_TOPIC=]TOPIC] [--depth-slop-s S] [--points-stride N] [--points-min-score S]
@@ -12,8 +12,8 @@ every frame on the chosen image topics (``sensor_msgs/Image`` and ``CompressedIm
 default: all of them) the messages the node would publish, under the camera's namespace
 (``/cam/image_raw`` -> ``/cam/segmentation/label``), with the frame's header and bag
 timestamp. No frame is dropped and nothing waits for a clock: frames go through the node's
-:class:`~ovseg_ros.frame_pipeline.FramePipeline` as fast as the model goes, and their
-messages are built by :mod:`ovseg_ros.messages`, as the node's are.
+:class:`~ovseg_ros.engine.frame_pipeline.FramePipeline` as fast as the model goes, and their
+messages are built by :mod:`ovseg_ros.ros.conversions`, as the node's are.
 
 Outputs (``--outputs``; default label, info, class_map):
     label       <ns>/segmentation/label        sensor_msgs/Image mono8 (255 = unlabeled) or mono16
@@ -61,16 +61,16 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tqdm import tqdm
 
-from ovseg_ros.bag import typestore
-from ovseg_ros.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest, PreparedFrame
-from ovseg_ros.image_codec import ImageError
-from ovseg_ros.messages import class_map_msg, depth_data, image_data, image_msg, info_msg, stamp_ns
-from ovseg_ros.parameters import PARAMETERS_BY_NAME
-from ovseg_ros.point_cloud import point_cloud_msg
-from ovseg_ros.segmenter import Segmenter, build_segmenter
-from ovseg_ros.smoothing import TemporalSmoother, smoothing_mode
-from ovseg_ros.tools.harness import package_share
-from ovseg_ros.vocabulary import VocabularyManager, load_class_list
+from ovseg_ros.ros.bags import typestore
+from ovseg_ros.engine.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest, PreparedFrame
+from ovseg_ros.engine.image_codec import ImageError
+from ovseg_ros.ros.conversions import class_map_msg, depth_data, image_data, image_msg, info_msg, stamp_ns
+from ovseg_ros.ros.parameters import PARAMETERS_BY_NAME
+from ovseg_ros.ros.conversions import point_cloud_msg
+from ovseg_ros.engine.segmenter import Segmenter, build_segmenter
+from ovseg_ros.engine.smoothing import TemporalSmoother, smoothing_mode
+from ovseg_ros.commands.node_driver import package_share
+from ovseg_ros.engine.vocabulary import VocabularyManager, load_class_list
 
 IMAGE_TYPES = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage}
 #: output name -> (topic under the camera's namespace, message type)

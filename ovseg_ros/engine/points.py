@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .image_codec import MAX_PIXELS, ImageError
+from ovseg_ros.engine.image_codec import MAX_PIXELS, ImageError
 
 #: One point of ``segmentation/points``: 24 bytes, little-endian.
 POINT_DTYPE = np.dtype(

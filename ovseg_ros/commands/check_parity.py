@@ -1,6 +1,6 @@
 """Check our models against a parity case of the authors' code.
 
-    python -m ovseg_ros.tools.check_parity CASE_DIR [CASE_DIR ...] [--device cuda] [--precision bf16]
+    python -m ovseg_ros.commands.check_parity CASE_DIR [CASE_DIR ...] [--device cuda] [--precision bf16]
 
 A case folder holds ``case.json``, ``arrays.npz`` and ``image.png`` (format described in
 the team's ``shared/fixtures/README.md``). The model family comes from the case's
@@ -16,7 +16,7 @@ array is compared and reported with its max abs diff and PASS/FAIL:
 
 ``--precision fp32`` (default) means fp32 on CUDA too: TF32 matmuls and convolutions are
 switched off. ``--precision bf16`` runs the case under ``torch.autocast(dtype=bfloat16)``,
-as :class:`~ovseg_ros.segmenter.Segmenter` does, and judges float arrays by the GPU
+as :class:`~ovseg_ros.engine.segmenter.Segmenter` does, and judges float arrays by the GPU
 tolerance the fixtures state (README, ``case.json`` ``suggested_tolerance.note``: "~1e-2
 (probabilities) or a relative check"): max abs diff <= 1e-2 x max(1, max |reference|),
 which is 1e-2 on probabilities and 1% of the array's range on larger-valued ones; the
@@ -106,7 +106,7 @@ def run_case(case_dir: Path, device: str = "cpu", precision: str = "fp32") -> li
     case = json.loads((case_dir / "case.json").read_text())
     family = case["variant"].split("_", 1)[0]
     try:
-        parity = importlib.import_module(f"ovseg_ros.tools.parity_{family}")
+        parity = importlib.import_module(f"ovseg_dev.parity_{family}")
     except ModuleNotFoundError as exc:
         raise ValueError(f"{case_dir}: no implementation for variant {case['variant']!r}") from exc
     with np.load(case_dir / "arrays.npz") as npz:

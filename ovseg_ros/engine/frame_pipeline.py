@@ -8,20 +8,20 @@
 
 A frame walks down through the stages, each called from here and in this order:
 
-1. :meth:`FramePipeline.prepare`: decode (:mod:`~ovseg_ros.image_codec`, and the depth image
-   of a frame that has one, :func:`~ovseg_ros.points.decode_depth`, on the CPU), upload
+1. :meth:`FramePipeline.prepare`: decode (:mod:`~ovseg_ros.engine.image_codec`, and the depth image
+   of a frame that has one, :func:`~ovseg_ros.engine.points.decode_depth`, on the CPU), upload
    through persistent pinned staging buffers, resize to the model's input
    (:meth:`Segmenter.preprocess`), on an upload stream of its own on CUDA.
 2. :meth:`FramePipeline.infer`: model (:class:`Segmenter`), temporal smoothing of the coarse
    scores (:class:`TemporalSmoother`), labels by a chunked argmax at the image's size
    (:meth:`ClassScores.best`: no (T, H, W) scores ever exist), rendering of the requested
    outputs (:class:`Renderer`), with depth the labeled points and their per-class summary
-   (:func:`~ovseg_ros.points.back_project`), then one device-to-host copy per output into
+   (:func:`~ovseg_ros.engine.points.back_project`), then one device-to-host copy per output into
    pinned buffers, all queued on the compute stream without waiting for it.
 3. :meth:`FramePipeline.finish`: waits for that frame's copies (then copies the compact
    points, whose number it has just read); stage times from CUDA events.
 
-:meth:`FramePipeline.process` runs the three in series; :class:`~ovseg_ros.frame_stream.FrameStream`
+:meth:`FramePipeline.process` runs the three in series; :class:`~ovseg_ros.engine.frame_stream.FrameStream`
 runs them overlapped, on threads of their own. Both are the same frame path.
 :meth:`FramePipeline.infer_batch` (and :meth:`~FramePipeline.process_batch`) labels several
 frames with one vocabulary and one CER K, one pass of the model per model input size (SAN
@@ -40,15 +40,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .image_codec import decode_compressed, decode_image
-from .latency_budget import CerBudget
-from .models.base import stage
-from .models.scores import ClassScores
-from .points import ClassPoints, PinholeIntrinsics, back_project, class_summary, decode_depth, points_of
-from .rendering import Renderer
-from .segmenter import Segmenter
-from .smoothing import TemporalSmoother
-from .vocabulary import Vocabulary, VocabularyManager
+from ovseg_ros.engine.image_codec import decode_compressed, decode_image
+from ovseg_ros.engine.cer_budget import CerBudget
+from ovseg_ros.models.base import stage
+from ovseg_ros.models.scores import ClassScores
+from ovseg_ros.engine.points import ClassPoints, PinholeIntrinsics, back_project, class_summary, decode_depth, points_of
+from ovseg_ros.engine.rendering import Renderer
+from ovseg_ros.engine.segmenter import Segmenter
+from ovseg_ros.engine.smoothing import TemporalSmoother
+from ovseg_ros.engine.vocabulary import Vocabulary, VocabularyManager
 
 #: Frames whose outputs may be alive at once (being published, in the stream's hand-off,
 #: being inferred): the pinned output buffers are a ring this long, so a frame's arrays are
@@ -82,7 +82,7 @@ ImageData = RawImageData | CompressedImageData
 @dataclass(frozen=True)
 class DepthData:
     """A frame's depth image registered to its colour camera (16UC1 mm or 32FC1 m, see
-    :mod:`ovseg_ros.points`) and the colour camera's intrinsics."""
+    :mod:`ovseg_ros.engine.points`) and the colour camera's intrinsics."""
 
     image: RawImageData
     intrinsics: PinholeIntrinsics
@@ -123,7 +123,7 @@ class FrameOutputs:
         color, overlay: (H, W, 3) uint8 RGB, when requested.
         confidence: (H, W) uint8, winning score x 255, when requested.
         masks: class id -> (H, W) uint8 (255 = class), for the requested ids.
-        points: (N,) :data:`~ovseg_ros.points.POINT_DTYPE` records (x, y, z, rgb, score,
+        points: (N,) :data:`~ovseg_ros.engine.points.POINT_DTYPE` records (x, y, z, rgb, score,
             label), when requested and the frame has depth.
         class_points: the 3D summary of the present classes (parallel to
             ``present_class_ids``), for a frame with depth.
@@ -250,7 +250,7 @@ class FramePipeline:
             read once per frame.
         smoother: temporal smoothing of the coarse scores (mode ``"none"`` to switch it off),
             a past per camera (``source``).
-        palette: class colours, ``"name"`` or ``"index"`` (see :mod:`ovseg_ros.rendering`).
+        palette: class colours, ``"name"`` or ``"index"`` (see :mod:`ovseg_ros.engine.rendering`).
         min_score: pixels whose best score is below this are unlabeled.
         latency_budget_ms: with CER (the segmenter's ``cer_topk``), lower K while the model's
             p95 exceeds this (:class:`CerBudget`); 0 = off.

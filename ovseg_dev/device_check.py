@@ -2,13 +2,13 @@
 
     bash scripts/device_check.sh --call 1          # on the GPU machine (installs the carried wheels first)
     bash scripts/device_check.sh --call 2          # right after, on the same started machine
-    python -m ovseg_ros.tools.device_check --call 1 --out out/device_check [--small] [--only parity]
+    python -m ovseg_dev.device_check --call 1 --out out/device_check [--small] [--only parity]
 
 The GPU machine is lent for about 15 minutes in all, both starts included; README's GPU section
 gives the device tool's commands, what travels with them and each one's time limit.
 
 * **Call 1** (:data:`CALL_TIME_LIMITS`: 450 s): the CUDA smoke row first (tiny models through
-  every CUDA path, host syncs per frame, :mod:`~ovseg_ros.tools.cuda_smoke`), parity fp32 and
+  every CUDA path, host syncs per frame, :mod:`~ovseg_dev.cuda_smoke`), parity fp32 and
   bf16 on SED-B, SED-B with CER and SAN-B, the SED-B model table (150 and 847 classes, CER
   off / 8 / 1, forced rejection, fp32), the frame path at 640x480 and 1280x720 with every output,
   SAN-B; then, while time is left, the large variants and several cameras.
@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -57,11 +57,11 @@ class Row:
     note: str = ""
 
 
-SMOKE = ["-m", "ovseg_ros.tools.cuda_smoke", "--device", "{device}"]
-PARITY = ["-m", "ovseg_ros.tools.check_parity", "--device", "{device}"]
-BENCH_MODEL = ["-m", "ovseg_ros.tools.bench", "model", "--device", "{device}"]
-BENCH_PIPELINE = ["-m", "ovseg_ros.tools.bench", "pipeline", "--device", "{device}"]
-BENCH_STREAMS = ["-m", "ovseg_ros.tools.bench", "streams", "--device", "{device}"]
+SMOKE = ["-m", "ovseg_dev.cuda_smoke", "--device", "{device}"]
+PARITY = ["-m", "ovseg_ros.commands.check_parity", "--device", "{device}"]
+BENCH_MODEL = ["-m", "ovseg_dev.bench", "model", "--device", "{device}"]
+BENCH_PIPELINE = ["-m", "ovseg_dev.bench", "pipeline", "--device", "{device}"]
+BENCH_STREAMS = ["-m", "ovseg_dev.bench", "streams", "--device", "{device}"]
 
 #: The cases parity must cover (SED-B, SED-B with CER at 24 kept classes, SAN-B); the large
 #: variants follow in a row of their own when time is left.

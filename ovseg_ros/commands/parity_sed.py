@@ -1,4 +1,4 @@
-"""SED side of ``python -m ovseg_ros.tools.check_parity``: recompute a case's arrays.
+"""SED side of ``python -m ovseg_ros.commands.check_parity``: recompute a case's arrays.
 
 Everything is computed end to end from the case's image, class names and weights, with
 our own text features (never the stored ones). Array names follow the fixtures' README:
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ovseg_ros.models.sed.build import build_sed
-from ovseg_ros.tools.check_parity import as_numpy, autocast
+from ovseg_ros.commands.check_parity import as_numpy, autocast
 
 
 def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: str = "cpu", precision: str = "fp32") -> dict[str, np.ndarray]:

@@ -1,8 +1,8 @@
 """Node-level benchmarks over real DDS: end-to-end latency, vocabulary changes, soak.
 
 Each measurement starts the installed node in its own process (as the launch file does)
-and drives it from this process with :class:`~ovseg_ros.tools.harness.Peer`. Used by
-``python -m ovseg_ros.tools.bench node|soak|all``.
+and drives it from this process with :class:`~ovseg_ros.commands.node_driver.Peer`. Used by
+``python -m ovseg_dev.bench node|soak|all``.
 
 * latency: frames are sent one at a time (reliable QoS) and each is timed from publish
   to the arrival of its ``segmentation/info``; node overhead = that minus the model
@@ -29,13 +29,13 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from ovseg_ros.bag import synthetic_frame
-from ovseg_ros.tools.harness import NodeProcess, Peer
-from ovseg_ros.image_codec import message_bytes
+from ovseg_ros.ros.bags import synthetic_frame
+from ovseg_ros.commands.node_driver import NodeProcess, Peer
+from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
-from ovseg_ros.topic_names import mask_topic_names
-from ovseg_ros.vocabulary import load_class_list
+from ovseg_ros.ros.topic_names import mask_topic_names
+from ovseg_ros.engine.vocabulary import load_class_list
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 NAMESPACE = "bench"
