@@ -64,9 +64,8 @@ from tqdm import tqdm
 from ovseg_ros.ros.bags import typestore
 from ovseg_ros.engine.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest, PreparedFrame
 from ovseg_ros.engine.image_codec import ImageError
-from ovseg_ros.ros.conversions import class_map_msg, depth_data, image_data, image_msg, info_msg, stamp_ns
+from ovseg_ros.ros.conversions import class_map_msg, depth_data, frame_messages, image_data, stamp_ns
 from ovseg_ros.ros.parameters import PARAMETERS_BY_NAME
-from ovseg_ros.ros.conversions import point_cloud_msg
 from ovseg_ros.engine.segmenter import Segmenter, build_segmenter
 from ovseg_ros.engine.smoothing import TemporalSmoother, smoothing_mode
 from ovseg_ros.commands.node_driver import package_share
@@ -157,7 +156,7 @@ class PendingFrame:
 
 
 @dataclass
-class Camera:
+class BagCamera:
     """One labeled image topic: its pipeline (own smoother), output connections and the
     frames of its next batch."""
 
@@ -170,20 +169,17 @@ class Camera:
     partners: DepthPartners | None = None  # with points: its depth images and camera_infos
 
     def write(self, writer: Writer | HeldWrites, timestamp: int, header, outputs: FrameOutputs, model: str) -> None:
-        """The node's messages for one frame, at the frame's bag ``timestamp``."""
+        """The node's messages for one frame (:func:`frame_messages`, as the node builds them), at
+        the frame's bag ``timestamp``; the class map when the frame's vocabulary is new."""
         connections = self.outputs
         if "class_map" in connections and self.class_map_version != outputs.vocabulary.version:
             writer.write(connections["class_map"], timestamp, serialize_message(class_map_msg(outputs.vocabulary, header.stamp)))
             self.class_map_version = outputs.vocabulary.version
-        if "label" in connections:
-            writer.write(connections["label"], timestamp, serialize_message(image_msg(header, outputs.labels)))
-        for name in ("color", "overlay", "confidence"):
-            if name in connections:
-                writer.write(connections[name], timestamp, serialize_message(image_msg(header, getattr(outputs, name))))
-        if "points" in connections and outputs.points is not None:  # a frame without depth has none
-            writer.write(connections["points"], timestamp, serialize_message(point_cloud_msg(header, outputs.points)))
-        if "info" in connections:
-            writer.write(connections["info"], timestamp, serialize_message(info_msg(header, outputs, model)))
+        messages = frame_messages(header, outputs, model)
+        for name in ("label", "color", "overlay", "confidence", "points", "info"):
+            msg = getattr(messages, name)
+            if name in connections and msg is not None:  # a frame without depth has no points
+                writer.write(connections[name], timestamp, serialize_message(msg))
 
 
 @dataclass
@@ -431,12 +427,12 @@ def label_bag(
         plugin = STORAGES[storage or storage_of(in_bag)]
         with Writer(out_bag, version=9, storage_plugin=plugin) as writer:
             copies = {connection.id: copy_connection(writer, connection, store) for connection in reader.connections}
-            cameras: dict[str, Camera] = {}
+            cameras: dict[str, BagCamera] = {}
             for topic, msgtype in sorted(chosen.items()):
                 smoother = TemporalSmoother(
                     smoothing, strength=PARAMETERS_BY_NAME["smoothing_strength"].default, max_gap_s=PARAMETERS_BY_NAME["smoothing_max_gap_s"].default
                 )
-                camera = cameras[topic] = Camera(
+                camera = cameras[topic] = BagCamera(
                     topic, camera_namespace(topic, msgtype), FramePipeline(segmenter, vocabularies, smoother, palette, min_score), partners=partners.get(topic)
                 )
                 for name in outputs:
@@ -447,7 +443,7 @@ def label_bag(
             bar = tqdm(total=summary.frames_total, unit="frame", desc="labeling", dynamic_ncols=True, disable=None if progress is None else not progress)
             ordered = OrderedWriter(writer)
 
-            def label_batch(camera: Camera) -> None:
+            def label_batch(camera: BagCamera) -> None:
                 frames, camera.batch = camera.batch, []
                 inferred = camera.pipeline.infer_batch([frame.prepared for frame in frames], [frame.stamp_s for frame in frames], [request] * len(frames))
                 for frame, frame_inferred in zip(frames, inferred):
@@ -484,7 +480,7 @@ def label_bag(
     return summary
 
 
-def _prepare_frame(camera: Camera, timestamp: int, data: bytes, msg_type: type, without_depth: list[str]) -> PendingFrame | str:
+def _prepare_frame(camera: BagCamera, timestamp: int, data: bytes, msg_type: type, without_depth: list[str]) -> PendingFrame | str:
     """One frame decoded and prepared for its camera's batch (its place in OUT still to be
     held); why not, for a frame that cannot be read. With points, the frame is prepared with
     its depth; one that has none (or a bad one) is still labeled and noted in ``without_depth``."""

@@ -14,7 +14,7 @@ Frame = TypeVar("Frame")
 QUEUED, REPLACED, REFUSED = "queued", "replaced", "refused"
 
 
-class _Camera(Generic[Frame]):
+class _CameraSlot(Generic[Frame]):
     """One camera's frames between arrival and the model (guarded by :class:`CameraSlots`)."""
 
     def __init__(self, stats: FrameStats) -> None:
@@ -48,7 +48,7 @@ class CameraSlots(Generic[Frame]):
         if not stats:
             raise ValueError("no cameras")
         self._condition = threading.Condition()
-        self._cameras = {name: _Camera(camera_stats) for name, camera_stats in stats.items()}
+        self._cameras = {name: _CameraSlot(camera_stats) for name, camera_stats in stats.items()}
         self._turns = 0
         self._closed = False
 
@@ -103,7 +103,7 @@ class CameraSlots(Generic[Frame]):
         none. [] on timeout or once closed.
         """
         with self._condition:
-            def ready() -> list[_Camera]:
+            def ready() -> list[_CameraSlot]:
                 return [slots for slots in self._cameras.values() if slots.prepared is not None]
 
             if not self._condition.wait_for(lambda: ready() or self._closed, timeout) or self._closed:

@@ -1,21 +1,25 @@
 """Camera messages in, a frame's outputs out as ROS messages: what the node publishes.
 
 The node (:mod:`ovseg_ros.ros.node`) and offline bag labeling (:mod:`ovseg_ros.commands.label_bag`)
-both build their messages here, so a recorded frame and a live one are the same bytes:
+both build a frame's messages with :func:`frame_messages`, so a recorded frame and a live one
+are the same bytes:
 
     image = image_data(msg)                                  # sensor_msgs/Image or CompressedImage
     outputs = pipeline.process(image, stamp_s, request)      # FramePipeline
-    label = image_msg(msg.header, outputs.labels)            # segmentation/label
-    info = info_msg(msg.header, outputs, "san_vit_b_16")     # segmentation/info
+    messages = frame_messages(msg.header, outputs, "san_vit_b_16")
+    messages.label, messages.info, messages.color, messages.masks[2], messages.points
     class_map = class_map_msg(outputs.vocabulary, stamp)     # segmentation/label_info
 
 Only what depends on the node's clock and threads is left to the node: ``queue_ms``,
-``end_to_end_ms`` and the publishing time inside ``postprocess_ms``.
+``end_to_end_ms`` and the publishing time inside ``postprocess_ms``. The labeled point cloud
+(:func:`point_cloud_msg`) and the intrinsics of a camera_info (:func:`intrinsics_from_camera_info`,
+by image_geometry) are here too.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 from image_geometry import PinholeCameraModel
@@ -44,6 +48,35 @@ def image_data(msg: Image | CompressedImage) -> ImageData:
 def raw_image_data(msg: Image) -> RawImageData:
     """The fields of a ``sensor_msgs/Image`` (a camera frame or a depth image), data not copied."""
     return RawImageData(msg.encoding, msg.height, msg.width, msg.step, memoryview(msg.data), bool(msg.is_bigendian))
+
+
+@dataclass
+class FrameMessages:
+    """The messages of one frame's outputs; None (or no mask) where an output was not computed."""
+
+    label: Image  # segmentation/label
+    info: SegmentationInfo  # segmentation/info
+    color: Image | None = None
+    overlay: Image | None = None
+    confidence: Image | None = None
+    masks: dict[int, Image] = field(default_factory=dict)  # class id -> segmentation/masks/<class>
+    points: PointCloud2 | None = None  # segmentation/points
+
+
+def frame_messages(header, outputs: FrameOutputs, model: str) -> FrameMessages:
+    """Every message of a frame's computed outputs, each with the input image's ``header``."""
+    def optional(pixels: np.ndarray | None) -> Image | None:
+        return None if pixels is None else image_msg(header, pixels)
+
+    return FrameMessages(
+        label=image_msg(header, outputs.labels),
+        info=info_msg(header, outputs, model),
+        color=optional(outputs.color),
+        overlay=optional(outputs.overlay),
+        confidence=optional(outputs.confidence),
+        masks={class_id: image_msg(header, mask) for class_id, mask in outputs.masks.items()},
+        points=None if outputs.points is None else point_cloud_msg(header, outputs.points),
+    )
 
 
 def image_msg(header, pixels: np.ndarray) -> Image:
@@ -105,6 +138,9 @@ def depth_data(frame: Image | CompressedImage, depth: Image, camera_info: Camera
     return DepthData(raw_image_data(depth), intrinsics_from_camera_info(camera_info, width, height))
 
 
+# The labeled cloud: the fields of POINT_DTYPE (sensor_msgs_py's create_cloud layout, written here
+# since sensor_msgs_py is not in every install), one unordered row (height 1), little-endian,
+# is_dense (every point is valid).
 _POINT_FIELD_TYPES = {np.dtype("<f4"): PointField.FLOAT32, np.dtype("<u2"): PointField.UINT16}
 
 #: The PointFields of ``segmentation/points``: x, y, z, rgb, score (float32), label (uint16).

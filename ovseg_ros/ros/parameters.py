@@ -16,7 +16,7 @@ class ParameterSpec:
     description: str
     # True: read on configure, so settable only while the node is unconfigured (lifecycle
     # cleanup, set, configure switches it without a restart); the node refuses it otherwise.
-    read_only: bool = False
+    configure_time: bool = False
     min_value: float | None = None
     max_value: float | None = None
     choices: tuple[str, ...] = ()
@@ -24,33 +24,33 @@ class ParameterSpec:
 
 PARAMETERS = (
     # Model (read on configure).
-    ParameterSpec("model", "sed_convnext_base", "Segmentation model: sed_convnext_base, sed_convnext_large, san_vit_b_16, san_vit_large_14.", read_only=True),
+    ParameterSpec("model", "sed_convnext_base", "Segmentation model: sed_convnext_base, sed_convnext_large, san_vit_b_16, san_vit_large_14.", configure_time=True),
     ParameterSpec(
         "weights",
         "",
         "Authors' checkpoint (.pth). Empty: $OVSEG_WEIGHTS_DIR/<model>.pth if present, else random weights (labels meaningless).",
-        read_only=True,
+        configure_time=True,
     ),
-    ParameterSpec("device", "auto", "Torch device: auto (cuda when available), cpu, cuda, cuda:N.", read_only=True),
-    ParameterSpec("precision", "fp32", "Numeric precision of the network.", read_only=True, choices=("fp32", "fp16", "bf16")),
+    ParameterSpec("device", "auto", "Torch device: auto (cuda when available), cpu, cuda, cuda:N.", configure_time=True),
+    ParameterSpec("precision", "fp32", "Numeric precision of the network.", configure_time=True, choices=("fp32", "fp16", "bf16")),
     ParameterSpec(
         "compile",
         "off",
         "torch.compile of the model's heavy parts (the first frames of each input size compile, minutes for SED-B): off (eager), "
         "default (inductor), reduce-overhead (inductor and CUDA graphs; with torch older than 2.13, which cannot run CUDA graphs "
         "from the inference thread, default instead, said in the log), max-autotune, max-autotune-no-cudagraphs.",
-        read_only=True,
+        configure_time=True,
         choices=("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     ),
     ParameterSpec(
         "cpu_threads",
         0,
         "Torch threads when running on the CPU; 0 = one less than the cores, so the ROS executor is never starved of a core.",
-        read_only=True,
+        configure_time=True,
         min_value=0,
         max_value=1024,
     ),
-    ParameterSpec("input_short_edge", 640, "Images are resized to this short edge before the model (authors: 640).", read_only=True, min_value=64, max_value=2048),
+    ParameterSpec("input_short_edge", 640, "Images are resized to this short edge before the model (authors: 640).", configure_time=True, min_value=64, max_value=2048),
     ParameterSpec(
         "cer_topk",
         8,
@@ -76,7 +76,7 @@ PARAMETERS = (
         "auto",
         "Temporal smoothing of class scores across frames: none, ema, flow (optical-flow warped), auto (flow for SAN, none for SED). "
         "(none, not off: YAML reads a bare off as false.)",
-        read_only=True,
+        configure_time=True,
         choices=("auto", "none", "ema", "flow"),
     ),
     ParameterSpec("smoothing_strength", 0.6, "Weight of the past in temporal smoothing (0 = none).", min_value=0.0, max_value=1.0),
@@ -88,7 +88,7 @@ PARAMETERS = (
         "Names of the cameras segmented by the one model: camera NAME subscribes to NAME/image (NAME/camera_info, NAME/depth) "
         "and publishes NAME/segmentation/...; '' = the node's own image and segmentation/... topics (one camera). "
         "The vocabulary, its service and class map (segmentation/label_info) are shared.",
-        read_only=True,
+        configure_time=True,
     ),
     ParameterSpec(
         "max_batch",
@@ -104,20 +104,20 @@ PARAMETERS = (
         min_value=0.0,
         max_value=1000.0,
     ),
-    ParameterSpec("input_transport", "raw", "Subscribe to image (raw) or image/compressed (jpeg/png).", read_only=True, choices=("raw", "compressed")),
+    ParameterSpec("input_transport", "raw", "Subscribe to image (raw) or image/compressed (jpeg/png).", configure_time=True, choices=("raw", "compressed")),
     ParameterSpec(
         "use_camera_info",
         False,
         "Subscribe to camera_info and republish, as segmentation/camera_info, the one with each processed frame's stamp; "
         "frames without one are not processed (counted as frames_unsynchronized).",
-        read_only=True,
+        configure_time=True,
     ),
     ParameterSpec(
         "camera_info_sync_slop_s",
         0.0,
         "With use_camera_info: a camera_info pairs with a frame whose stamp is less than this apart (s); 0 = equal stamps only. "
         "With use_depth, depth_sync_slop_s applies instead.",
-        read_only=True,
+        configure_time=True,
         min_value=0.0,
         max_value=1.0,
     ),
@@ -127,14 +127,14 @@ PARAMETERS = (
         "Subscribe to depth (16UC1 mm or 32FC1 m, registered to the colour camera) and camera_info, paired with each frame by "
         "stamp, and publish segmentation/points and the per-class 3D summary in segmentation/info; frames without both are "
         "not processed (counted as frames_unsynchronized).",
-        read_only=True,
+        configure_time=True,
     ),
     ParameterSpec(
         "depth_sync_slop_s",
         0.02,
         "With use_depth: a depth image and a camera_info pair with a frame whose stamp is less than this apart (s); "
         "0 = equal stamps only.",
-        read_only=True,
+        configure_time=True,
         min_value=0.0,
         max_value=1.0,
     ),
@@ -147,9 +147,9 @@ PARAMETERS = (
     ParameterSpec("publish_confidence", True, "Publish segmentation/confidence (mono8, winning score x 255, clipped)."),
     ParameterSpec("publish_masks", True, "Publish segmentation/masks/<class> (mono8, 255 = class)."),
     ParameterSpec("overlay_alpha", 0.5, "Opacity of the class colours in the overlay.", min_value=0.0, max_value=1.0),
-    ParameterSpec("palette", "name", "Class colours: name (stable per class name) or index (by class id).", read_only=True, choices=("name", "index")),
+    ParameterSpec("palette", "name", "Class colours: name (stable per class name) or index (by class id).", configure_time=True, choices=("name", "index")),
     # Lifecycle.
-    ParameterSpec("autostart", True, "Configure and activate at start-up (false: wait for lifecycle transitions).", read_only=True),
+    ParameterSpec("autostart", True, "Configure and activate at start-up (false: wait for lifecycle transitions).", configure_time=True),
 )
 
 PARAMETERS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
