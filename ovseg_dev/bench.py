@@ -67,9 +67,9 @@ from ovseg_ros.engine.frame_stream import FrameStream, FrameTicket
 from ovseg_ros.engine.frame_stats import FrameStats
 from ovseg_ros.engine.image_codec import encode_image, message_bytes
 from ovseg_ros.models.checkpoint import file_digest
+from ovseg_ros.engine.builder import PipelineSettings, build_pipeline
 from ovseg_ros.engine.segmenter import COMPILE_MODES, Segmenter, build_segmenter
-from ovseg_ros.engine.smoothing import TemporalSmoother
-from ovseg_ros.engine.vocabulary import TextEmbeddingCache, Vocabulary, VocabularyManager, load_class_list
+from ovseg_ros.engine.vocabulary import TextEmbeddingCache, Vocabulary, load_class_list
 
 STAGE_PREFIX = "ovseg."
 
@@ -101,13 +101,12 @@ def machine_description(device: torch.device) -> str:
     return text
 
 
-def build_pipeline(args: argparse.Namespace, compile_setting: str | None = None) -> tuple[FramePipeline, Path | None]:
+def pipeline_for(args: argparse.Namespace, compile_setting: str | None = None) -> tuple[FramePipeline, Path | None]:
     """The frame path as the node builds it (CER off until a row sets it), without smoothing
     (its cost is bench_smoothing's); compiled as ``compile_setting`` (default: the one ``--compile``)."""
     compile_setting = compile_setting or only_compile_setting(args)
     compile_mode = None if compile_setting == "off" else compile_setting
-    segmenter, weights = build_segmenter(args.model, args.weights, args.device, args.precision, cpu_threads=args.threads, compile_mode=compile_mode)
-    return FramePipeline(segmenter, VocabularyManager(segmenter.encode_text), TemporalSmoother("none")), weights
+    return build_pipeline(PipelineSettings(args.model, args.weights, args.device, args.precision, cpu_threads=args.threads, compile_mode=compile_mode))
 
 
 def only_compile_setting(args: argparse.Namespace) -> str:
@@ -146,7 +145,7 @@ def cer_kept_counts(segmenter: Segmenter) -> list[int]:
     """A list that every SED frame refills with the number of classes each decoder stage ran
     on under CER; it stays empty with CER off and for models without CER."""
     counts: list[int] = []
-    if hasattr(segmenter.model, "cer_topk"):
+    if segmenter.supports_cer:
         def record(module, inputs, output) -> None:
             counts[:] = [len(kept) for kept in output.kept_per_stage]
 
@@ -211,7 +210,7 @@ def bench_model(args: argparse.Namespace) -> int:
     frame = camera_frame(width, height)
     results = []
     for compile_setting in args.compile:
-        pipeline, weights = build_pipeline(args, compile_setting)
+        pipeline, weights = pipeline_for(args, compile_setting)
         results += model_rows(args, pipeline, frame, compile_setting)
         segmenter = pipeline.segmenter
         del pipeline  # one model on the device at a time
@@ -230,9 +229,9 @@ def model_rows(args: argparse.Namespace, pipeline: FramePipeline, frame: RawImag
         else:
             vocabulary = pipeline.vocabularies.install(random_vocabulary(segmenter, names, args.distinct))
         for topk in args.cer:
-            if topk and not Segmenter.model_has_cer(segmenter.model):
+            if topk and not segmenter.supports_cer:
                 continue
-            if Segmenter.model_has_cer(segmenter.model):
+            if segmenter.supports_cer:
                 pipeline.set_cer_topk(topk or None)
             kept_counts.clear()
             reset_peak_memory(segmenter.device)
@@ -301,7 +300,7 @@ def serial_throughput(pipeline: FramePipeline, frame: RawImageData, request: Out
 
 def bench_pipeline(args: argparse.Namespace) -> int:
     load_at_start = os.getloadavg()[0]
-    pipeline, weights = build_pipeline(args)
+    pipeline, weights = pipeline_for(args)
     names = load_class_list(args.vocab)[: args.classes or None]
     vocabulary = pipeline.vocabularies.install(random_vocabulary(pipeline.segmenter, names))
     print(f"\nframe path, model {args.model}, weights {weights or 'random'}, {pipeline.device} {args.precision}, "
@@ -395,7 +394,7 @@ def bench_streams(args: argparse.Namespace) -> int:
     names = load_class_list(args.vocab)[: args.classes or None]
     pipelines = []
     for _ in range(max(args.cameras)):  # one per camera for the separate rows; the first also batches
-        pipeline, weights = build_pipeline(args)
+        pipeline, weights = pipeline_for(args)
         pipeline.vocabularies.install(random_vocabulary(pipeline.segmenter, names))
         pipeline.warm_up(pipeline.vocabularies.current, height, width)
         pipelines.append(pipeline)
@@ -428,7 +427,7 @@ def bench_streams(args: argparse.Namespace) -> int:
 
 def bench_text(args: argparse.Namespace) -> int:
     names = load_class_list(args.vocab)
-    segmenter, weights = build_segmenter(args.model, args.weights, args.device, args.precision, cpu_threads=args.threads)
+    segmenter, weights = build_segmenter(args.model, args.weights, args.device, args.precision, cpu_threads=args.threads)  # the text tower only
     with tempfile.TemporaryDirectory() as root:
         cache = segmenter.text_cache = TextEmbeddingCache(Path(root), args.model, file_digest(weights) if weights else "random")
         seconds = []

@@ -39,11 +39,8 @@ from ovseg_ros.ros.bags import synthetic_frame
 from ovseg_ros.engine.frame_pipeline import DepthData, FrameOutputs, FramePipeline, OutputRequest, RawImageData
 from ovseg_ros.engine.frame_stream import FrameStream, FrameTicket
 from ovseg_ros.engine.frame_stats import FrameStats
-from ovseg_ros.models import build_model
 from ovseg_ros.engine.points import PinholeIntrinsics
-from ovseg_ros.engine.segmenter import Segmenter
-from ovseg_ros.engine.smoothing import TemporalSmoother
-from ovseg_ros.engine.vocabulary import VocabularyManager
+from ovseg_ros.engine.builder import PipelineSettings, build_pipeline
 
 HEIGHT, WIDTH = 120, 160
 CLASSES = ["wall", "floor", "person", "box", "chair", "table"]
@@ -116,10 +113,9 @@ class SyncCounter:
 
 
 def make_pipeline(model: str, device: str, precision: str, cer_topk: int | None = None, smoothing: str = "none") -> FramePipeline:
-    segmenter = Segmenter(build_model(model), device=device, precision=precision, short_edge=HEIGHT, cer_topk=cer_topk)
-    vocabularies = VocabularyManager(segmenter.encode_text)
-    vocabularies.install(vocabularies.encode(CLASSES))
-    return FramePipeline(segmenter, vocabularies, TemporalSmoother(smoothing))
+    pipeline, _ = build_pipeline(PipelineSettings(model, device=device, precision=precision, input_short_edge=HEIGHT, cer_topk=cer_topk or 0, smoothing=smoothing))
+    pipeline.vocabularies.install(pipeline.vocabularies.encode(CLASSES))
+    return pipeline
 
 
 def every_output(pipeline: FramePipeline, points: bool = False) -> OutputRequest:

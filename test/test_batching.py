@@ -217,12 +217,12 @@ def test_a_cer_budget_gives_every_frame_of_a_call_one_k(passes):
     pipeline.set_latency_budget(1e-6)
     images, stamps = frames(3), [0.1 * i for i in range(3)]
     first = pipeline.process_batch(images, stamps, [OutputRequest()] * 3)
-    assert [outputs.cer_topk for outputs in first] == [4, 4, 4] and pipeline.segmenter.model.cer_topk == 4
+    assert [outputs.cer_topk for outputs in first] == [4, 4, 4]
     assert pipeline.cer_topk == 2
     second = pipeline.process_batch(images, stamps, [OutputRequest()] * 3)
-    assert [outputs.cer_topk for outputs in second] == [2, 2, 2] and pipeline.segmenter.model.cer_topk == 2, "the model ran at the call's K"
+    assert [outputs.cer_topk for outputs in second] == [2, 2, 2]
     assert passes == [3, 3]
-    for topk, batched in ((4, first), (2, second)):
+    for topk, batched in ((4, first), (2, second)):  # the model ran at the call's K: the same outputs as at a fixed K
         fixed.set_cer_topk(topk)
         assert_same_outputs(batched, [fixed.process(image, stamp) for image, stamp in zip(images, stamps)])
 

@@ -10,15 +10,11 @@ count reads, are counted by the device check's smoke row.)
 
 import numpy as np
 import pytest
-import torch
 from torch.overrides import TorchFunctionMode
 
-from ovseg_ros.engine.frame_pipeline import DepthData, FramePipeline, OutputRequest, RawImageData
-from ovseg_ros.models import build_model
+from ovseg_ros.engine.builder import PipelineSettings, build_pipeline
+from ovseg_ros.engine.frame_pipeline import DepthData, OutputRequest, RawImageData
 from ovseg_ros.engine.points import PinholeIntrinsics
-from ovseg_ros.engine.segmenter import Segmenter
-from ovseg_ros.engine.smoothing import TemporalSmoother
-from ovseg_ros.engine.vocabulary import VocabularyManager
 
 HEIGHT, WIDTH = 60, 80
 FROM_PYTHON_VALUES = {"tensor", "new_tensor", "as_tensor"}
@@ -52,10 +48,10 @@ def depth() -> DepthData:
     [("san_tiny_dev", "flow", None), ("sed_tiny_dev", "ema", 2)],
 )
 def test_steady_frames_build_no_tensor_from_python_values(model, smoothing, cer_topk):
-    segmenter = Segmenter(build_model(model), short_edge=64, cer_topk=cer_topk)
-    vocabularies = VocabularyManager(segmenter.encode_text)
     # Torch ops for rendering on the CPU too: the path CUDA takes.
-    pipeline = FramePipeline(segmenter, vocabularies, TemporalSmoother(smoothing), torch_rendering=True)
+    settings = PipelineSettings(model, device="cpu", input_short_edge=64, cer_topk=cer_topk or 0, smoothing=smoothing, torch_rendering=True)
+    pipeline, _ = build_pipeline(settings)
+    vocabularies = pipeline.vocabularies
     vocabulary = vocabularies.install(vocabularies.encode(["wall", "floor", "person", "chair"]))
     request = OutputRequest(color=True, overlay=True, confidence=True, masks=(0, 2), masks_version=vocabulary.version, points=True)
     pipeline.process(frame(0), 0.0, request, depth=depth())  # first frame: caches per vocabulary and mask set

@@ -19,10 +19,9 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from ovseg_ros.ros.bags import synthetic_frame, typestore
 from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.msg import ClassMap, SegmentationInfo
-from ovseg_ros.engine.segmenter import build_segmenter
+from ovseg_ros.engine.builder import PipelineSettings, build_pipeline
 from ovseg_ros.commands import label_bag
 from ovseg_ros.commands.node_driver import Peer
-from ovseg_ros.engine.vocabulary import VocabularyManager
 
 from node_settings import TEST_MODEL, answer_timeout, matched_image_publisher, start_node, wait_until_serving
 
@@ -226,10 +225,10 @@ def test_offline_outputs_equal_the_nodes_for_the_same_frames(tmp_path):
 def test_progress_bar_and_another_storage(tmp_path, capsys):
     """The function API: tqdm's bar (frames/s) when asked, OUT in sqlite3 from an mcap IN."""
     written = write_bag(tmp_path / "in", [(RAW_TOPIC, "sensor_msgs/msg/Image", raw_frame(index)) for index in range(3)])
-    segmenter, _ = build_segmenter(TEST_MODEL, "", "cpu", "fp32", 120, 8, 1)
-    vocabularies = VocabularyManager(segmenter.encode_text)
-    vocabularies.install(vocabularies.encode(VOCABULARY))
-    summary = label_bag.label_bag(tmp_path / "in", tmp_path / "out", segmenter, vocabularies, TEST_MODEL, storage="sqlite3", progress=True)
+    settings = PipelineSettings(TEST_MODEL, device="cpu", input_short_edge=120, cer_topk=8, cpu_threads=1)
+    pipeline, _ = build_pipeline(settings)
+    pipeline.vocabularies.install(pipeline.vocabularies.encode(VOCABULARY))
+    summary = label_bag.label_bag(tmp_path / "in", tmp_path / "out", pipeline.segmenter, pipeline.vocabularies, settings, storage="sqlite3", progress=True)
     assert (summary.frames_total, summary.frames_labeled, summary.skipped, summary.messages_copied) == (3, 3, [], 3)
     assert summary.frames_per_s > 0
     bar = capsys.readouterr().err

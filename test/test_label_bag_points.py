@@ -14,15 +14,13 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import StoragePlugin
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from ovseg_ros.engine.frame_pipeline import DepthData, FramePipeline, OutputRequest
+from ovseg_ros.engine.builder import PipelineSettings, build_pipeline
+from ovseg_ros.engine.frame_pipeline import DepthData, OutputRequest
 from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.ros.conversions import image_data, info_msg, raw_image_data
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.ros.conversions import intrinsics_from_camera_info, point_cloud_msg
-from ovseg_ros.engine.smoothing import TemporalSmoother
-from ovseg_ros.engine.segmenter import build_segmenter
 from ovseg_ros.commands import label_bag
-from ovseg_ros.engine.vocabulary import VocabularyManager
 
 from node_settings import TEST_MODEL
 from test_label_bag import HEIGHT, OFFLINE_ARGS, SETTINGS, VOCABULARY, WIDTH, header_key, raw_frame, read_bag, write_bag
@@ -123,10 +121,8 @@ def test_paired_frames_get_their_cloud_and_summary_the_unpaired_one_labels_only(
     assert len(unpaired.present_class_ids) and not len(unpaired.class_point_counts) and not len(unpaired.class_centroids)
 
     # The same bytes as FramePipeline + point_cloud_msg give for each paired frame, and the same summary fields.
-    segmenter, _ = build_segmenter(TEST_MODEL, "", "cpu", "fp32", SETTINGS["input_short_edge"], 8, 1)
-    vocabularies = VocabularyManager(segmenter.encode_text)
-    vocabularies.install(vocabularies.encode(VOCABULARY))
-    pipeline = FramePipeline(segmenter, vocabularies, TemporalSmoother("none"), "name", SETTINGS["min_score"])
+    pipeline, _ = build_pipeline(PipelineSettings(TEST_MODEL, device="cpu", input_short_edge=SETTINGS["input_short_edge"], cer_topk=8, cpu_threads=1, min_score=SETTINGS["min_score"]))
+    pipeline.vocabularies.install(pipeline.vocabularies.encode(VOCABULARY))
     request = OutputRequest(points=True, points_stride=2, points_min_score=0.0)
     for (_, cloud_data), index in zip(topics["/cam/segmentation/points"], paired):
         frame = frames[index]

@@ -16,7 +16,6 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import GetParameters, SetParameters, SetParametersAtomically
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
 
 from ovseg_ros.commands.node_driver import Peer
 from ovseg_ros.msg import ClassMap, SegmentationInfo

@@ -117,13 +117,13 @@ def test_category_early_rejection_rejects(fixtures_dir):
     """
     case_dir = fixtures_dir / "sed_b_seed1_cer24"
     case = json.loads((case_dir / "case.json").read_text())
-    model = build_sed("convnext_base", state_dict=check_parity.seeded_state_dict(case, case_dir), cer_topk=1)
+    model = build_sed("convnext_base", state_dict=check_parity.seeded_state_dict(case, case_dir))
     with np.load(case_dir / "arrays.npz") as arrays:
         image = torch.from_numpy(arrays["image_input_u8"]).float()[None]
         text = torch.from_numpy(arrays["text_features"])
         expected_kept = arrays["cer_top1_kept_stage3"]
 
-    out = model.predict(image, text)
+    out = model.predict(image, text, cer_topk=1)
     assert [len(kept) for kept in out.kept_per_stage] == [18, 18, 18]
     assert np.array_equal(out.kept.numpy(), expected_kept)
     rejected = np.setdiff1d(np.arange(24), expected_kept)

@@ -50,8 +50,17 @@ def test_vocabulary_manager_versions_and_validation(tiny):
 
 
 def test_cer_is_refused_for_models_without_it():
+    """Models declare what they support: SAN has no CER, so a K is refused, not ignored."""
+    segmenter = Segmenter(build_model("san_tiny_dev"))
+    assert not segmenter.supports_cer and segmenter.batches
+    image = segmenter.preprocess(torch.from_numpy(RGB))
+    text = segmenter.encode_text(["sky", "road"])
     with pytest.raises(ValueError, match="no category early rejection"):
-        Segmenter(build_model("san_tiny_dev"), cer_topk=8)
+        segmenter.scores(image, text, cer_topk=8)
+    sed = Segmenter(build_model("sed_tiny_dev"))
+    assert sed.supports_cer and sed.batches
+    with pytest.raises(ValueError, match="at least 1"):
+        sed.scores(sed.preprocess(torch.from_numpy(RGB)), sed.encode_text(["sky"]), cer_topk=0)
 
 
 def test_shipped_class_lists():
@@ -141,12 +150,14 @@ def test_channels_last_gives_the_same_scores():
     assert torch.allclose(results[0], results[1], atol=1e-4)
 
 
-def test_cer_switched_off_after_a_frame_with_it_runs_every_class():
-    segmenter = Segmenter(build_model("sed_tiny_dev"), cer_topk=8)
+def test_cer_k_reaches_the_model_with_each_call_and_nothing_stays_behind():
+    """CER's K is an argument of each call (the pipeline owns it), not state left on the model:
+    a call without K after one with K=1 runs every class, as a fresh model does."""
+    segmenter = Segmenter(build_model("sed_tiny_dev"))
     image = segmenter.preprocess(torch.from_numpy(RGB))
     text = segmenter.encode_text([f"class {i}" for i in range(30)])
-    segmenter.scores(image, text, cer_topk=1)
-    assert segmenter.model.cer_topk == 1
-    segmenter.cer_topk = None
-    segmenter.scores(image, text)
-    assert segmenter.model.cer_topk is None
+    fresh = segmenter.scores(image, text).coarse().clone()
+    rejecting = segmenter.scores(image, text, cer_topk=1).coarse()
+    assert (rejecting == 0).all(dim=(1, 2)).any(), "K=1 rejects classes"
+    assert torch.equal(segmenter.scores(image, text).coarse(), fresh)
+    assert not hasattr(segmenter.model, "cer_topk")

@@ -17,7 +17,7 @@ def compiled(module: torch.nn.Module) -> bool:
 
 
 def test_sed_compiles_its_image_encoder_and_each_decoder_stage():
-    segmenter = Segmenter(build_model("sed_tiny_dev"), cer_topk=8, compile_mode="default")
+    segmenter = Segmenter(build_model("sed_tiny_dev"), compile_mode="default")
     model = segmenter.model
     assert compile_targets(model) == [model.image_encoder, *model.decoder.stages]
     assert all(compiled(module) for module in compile_targets(model))

@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.interfaces import Connection, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
@@ -66,8 +65,9 @@ from ovseg_ros.engine.frame_pipeline import DepthData, FrameOutputs, FramePipeli
 from ovseg_ros.engine.image_codec import ImageError
 from ovseg_ros.ros.conversions import class_map_msg, depth_data, frame_messages, image_data, stamp_ns
 from ovseg_ros.ros.parameters import PARAMETERS_BY_NAME
+from ovseg_ros.engine.builder import PipelineSettings, build_pipeline
 from ovseg_ros.engine.segmenter import Segmenter, build_segmenter
-from ovseg_ros.engine.smoothing import TemporalSmoother, smoothing_mode
+from ovseg_ros.engine.smoothing import smoothing_mode
 from ovseg_ros.commands.node_driver import package_share
 from ovseg_ros.engine.vocabulary import VocabularyManager, load_class_list
 
@@ -388,13 +388,10 @@ def label_bag(
     out_bag: Path,
     segmenter: Segmenter,
     vocabularies: VocabularyManager,
-    model: str,
+    settings: PipelineSettings,
     topics: list[str] | None = None,
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS,
     storage: str | None = None,
-    smoothing: str = "none",
-    palette: str = "name",
-    min_score: float = 0.0,
     overlay_alpha: float = 0.5,
     progress: bool | None = None,
     batch: int = 1,
@@ -406,9 +403,10 @@ def label_bag(
 ) -> LabelingSummary:
     """Write ``out_bag`` (which must not exist): ``in_bag`` copied, every frame of ``topics`` labeled.
 
-    Frames are labeled with the current vocabulary of ``vocabularies``, up to ``batch``
-    consecutive frames of a camera at a time (see the module docstring); ``progress`` None
-    shows the bar on a terminal only.
+    Frames are labeled by ``segmenter`` with the current vocabulary of ``vocabularies``, each
+    camera through a frame path of its own (``settings``: smoothing, CER, palette, min score),
+    up to ``batch`` consecutive frames of a camera at a time (see the module docstring);
+    ``progress`` None shows the bar on a terminal only.
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, not {batch}")
@@ -429,12 +427,8 @@ def label_bag(
             copies = {connection.id: copy_connection(writer, connection, store) for connection in reader.connections}
             cameras: dict[str, BagCamera] = {}
             for topic, msgtype in sorted(chosen.items()):
-                smoother = TemporalSmoother(
-                    smoothing, strength=PARAMETERS_BY_NAME["smoothing_strength"].default, max_gap_s=PARAMETERS_BY_NAME["smoothing_max_gap_s"].default
-                )
-                camera = cameras[topic] = BagCamera(
-                    topic, camera_namespace(topic, msgtype), FramePipeline(segmenter, vocabularies, smoother, palette, min_score), partners=partners.get(topic)
-                )
+                pipeline, _ = build_pipeline(settings, vocabularies, segmenter)  # the model shared, a smoother each
+                camera = cameras[topic] = BagCamera(topic, camera_namespace(topic, msgtype), pipeline, partners=partners.get(topic))
                 for name in outputs:
                     subtopic, output_type = OUTPUTS[name]
                     qos = [LATCHED_QOS] if name == "class_map" else []
@@ -447,7 +441,7 @@ def label_bag(
                 frames, camera.batch = camera.batch, []
                 inferred = camera.pipeline.infer_batch([frame.prepared for frame in frames], [frame.stamp_s for frame in frames], [request] * len(frames))
                 for frame, frame_inferred in zip(frames, inferred):
-                    camera.write(frame.place, frame.timestamp, frame.header, camera.pipeline.finish(frame_inferred), model)
+                    camera.write(frame.place, frame.timestamp, frame.header, camera.pipeline.finish(frame_inferred), settings.model)
                     ordered.release(frame.place)
                 summary.frames_labeled += len(frames)
                 bar.update(len(frames))
@@ -606,10 +600,15 @@ def main(argv: list[str] | None = None) -> int:
     if staging is None:
         return EXIT_OUT_EXISTS
     smoothing = smoothing_mode(args.smoothing, args.model)
+    settings = PipelineSettings(
+        model=args.model, weights=args.weights, device=args.device, precision=args.precision, input_short_edge=args.input_short_edge,
+        cpu_threads=args.cpu_threads, cer_topk=args.cer_topk, smoothing=smoothing, palette=args.palette, min_score=args.min_score,
+        smoothing_strength=PARAMETERS_BY_NAME["smoothing_strength"].default, smoothing_max_gap_s=PARAMETERS_BY_NAME["smoothing_max_gap_s"].default,
+    )  # fmt: skip
 
     start = time.perf_counter()
     # cpu_threads 0: torch's default, all cores (no executor here to leave one for).
-    segmenter, checkpoint = build_segmenter(args.model, args.weights, args.device, args.precision, args.input_short_edge, args.cer_topk, args.cpu_threads)
+    segmenter, checkpoint = build_segmenter(args.model, args.weights, args.device, args.precision, args.input_short_edge, args.cpu_threads)
     weights_note = str(checkpoint) if checkpoint is not None else "RANDOM weights: labels are meaningless"
     vocabularies = VocabularyManager(segmenter.encode_text)
     vocabulary = vocabularies.install(vocabularies.encode(read_vocabulary(args.vocabulary, args.vocabulary_file)))
@@ -623,8 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         summary = label_bag(
-            args.in_bag, staging / args.out_bag.name, segmenter, vocabularies, args.model, args.topics, outputs, args.storage,
-            smoothing, args.palette, args.min_score, args.overlay_alpha, batch=batch,
+            args.in_bag, staging / args.out_bag.name, segmenter, vocabularies, settings, args.topics, outputs, args.storage,
+            args.overlay_alpha, batch=batch,
             depth_topics=_topic_options(args.depth_topic), camera_info_topics=_topic_options(args.camera_info_topic),
             depth_slop_s=args.depth_slop_s, points_stride=args.points_stride, points_min_score=args.points_min_score,
         )

@@ -49,9 +49,8 @@ def run_case(case: dict, image_input_u8: np.ndarray, state_dict: dict, device: s
         if not mode["TEST.FAST_INFERENCE"]:
             continue
         topk = mode["TEST.TOPK"]
-        model.cer_topk = topk
         with autocast(device, precision):
-            cer = model.predict(image, text)
+            cer = model.predict(image, text, topk)
         arrays[f"cer_top{topk}_probs"] = cer.probs
         for stage, kept in enumerate(cer.kept_per_stage, start=1):
             arrays[f"cer_top{topk}_kept_stage{stage}"] = kept

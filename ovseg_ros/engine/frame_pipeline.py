@@ -252,8 +252,11 @@ class FramePipeline:
             a past per camera (``source``).
         palette: class colours, ``"name"`` or ``"index"`` (see :mod:`ovseg_ros.engine.rendering`).
         min_score: pixels whose best score is below this are unlabeled.
-        latency_budget_ms: with CER (the segmenter's ``cer_topk``), lower K while the model's
-            p95 exceeds this (:class:`CerBudget`); 0 = off.
+        cer_topk: SED's category early rejection: classes outside the top K at every pixel
+            are dropped between decoder stages (None: off); the most a frame uses. The pipeline
+            is the one owner of K: it gives each model call its frame's K.
+        latency_budget_ms: with CER, lower K while the model's p95 exceeds this
+            (:class:`CerBudget`); 0 = off.
         torch_rendering: render with torch ops (None: on CUDA only; on the CPU cv2 is faster,
             but a machine without OpenCV can render with torch there too).
 
@@ -271,6 +274,7 @@ class FramePipeline:
         min_score: float = 0.0,
         latency_budget_ms: float = 0.0,
         torch_rendering: bool | None = None,
+        cer_topk: int | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.vocabularies = vocabularies
@@ -278,7 +282,7 @@ class FramePipeline:
         self.palette = palette
         self.min_score = min_score
         self._latency_budget_ms = latency_budget_ms
-        self.set_cer_topk(segmenter.cer_topk)
+        self.set_cer_topk(cer_topk)
         self._budget_vocabulary_version = 0
         self.torch_rendering = torch_rendering
         self.device = segmenter.device
@@ -450,11 +454,15 @@ class FramePipeline:
     @property
     def cer_topk(self) -> int | None:
         """CER's K for the next frame (the budget's, else the configured one; None: off)."""
-        return self.cer_budget.topk if self.cer_budget is not None else self.segmenter.cer_topk
+        return self.cer_budget.topk if self.cer_budget is not None else None
 
     def set_cer_topk(self, cer_topk: int | None) -> None:
-        """Change CER's (largest) K at run time; None switches CER off."""
-        self.segmenter.cer_topk = cer_topk
+        """Change CER's (largest) K at run time; None switches CER off. Raises ValueError for a
+        K below 1, or any K for a model without CER."""
+        if cer_topk is not None and not self.segmenter.supports_cer:
+            raise ValueError(f"{self.segmenter.model.variant} has no category early rejection (cer_topk is SED's)")
+        if cer_topk is not None and cer_topk < 1:
+            raise ValueError(f"cer_topk must be at least 1 (None: off), not {cer_topk}")
         self.cer_budget = CerBudget(cer_topk, self._latency_budget_ms) if cer_topk else None
 
     def set_latency_budget(self, budget_ms: float) -> None:

@@ -7,7 +7,7 @@
 
 It owns what is the same for every model: device, precision (autocast), memory format,
 ``torch.compile`` of the heavy parts, the authors' resize to a 640 short edge, the
-text-embedding cache and SED's category early rejection switch. Decoding, smoothing,
+text-embedding cache; a frame's CER K comes with each call. Decoding, smoothing,
 labels and rendering are the frame pipeline's (:mod:`ovseg_ros.engine.frame_pipeline`);
 vocabularies are :mod:`ovseg_ros.engine.vocabulary`'s.
 
@@ -91,9 +91,6 @@ class Segmenter:
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast around the network).
         short_edge: the image is resized so its short edge has this length before the model.
         text_cache: persistent text-embedding cache; None encodes every time.
-        cer_topk: SED's category early rejection: classes outside the top K at every
-            pixel are dropped between decoder stages (None: off). The most a frame uses:
-            :meth:`scores` may ask for fewer. Models without CER refuse a value.
         channels_last: store conv weights NHWC, which GPU tensor cores prefer (default: on
             CUDA only; the results are the same either way).
         compile_mode: None runs eagerly; else a ``torch.compile`` mode (:data:`COMPILE_MODES`)
@@ -108,7 +105,6 @@ class Segmenter:
         precision: str = "fp32",
         short_edge: int = DEFAULT_SHORT_EDGE,
         text_cache: TextEmbeddingCache | None = None,
-        cer_topk: int | None = None,
         channels_last: bool | None = None,
         compile_mode: str | None = None,
     ) -> None:
@@ -116,12 +112,6 @@ class Segmenter:
             raise ValueError(f"compile_mode must be None or one of {', '.join(COMPILE_MODES)}, not {compile_mode!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-        if cer_topk is not None:
-            if not self.model_has_cer(model):
-                raise ValueError(f"{model.variant} has no category early rejection (cer_topk is SED's)")
-            if cer_topk < 1:
-                raise ValueError(f"cer_topk must be at least 1, not {cer_topk}")
-        self.cer_topk = cer_topk
         self.device = torch.device(device)
         if channels_last is None:
             channels_last = self.device.type == "cuda"
@@ -137,15 +127,16 @@ class Segmenter:
         self.short_edge = short_edge
         self.text_cache = text_cache
 
-    @staticmethod
-    def model_has_cer(model: OpenVocabModel) -> bool:
-        return hasattr(model, "cer_topk")
+    @property
+    def supports_cer(self) -> bool:
+        """Whether the model takes a CER K (:attr:`OpenVocabModel.supports_cer`: SED)."""
+        return self.model.supports_cer
 
     @property
     def batches(self) -> bool:
         """Whether the model labels several images in one call (:meth:`scores_batch`): SAN in one
         pass; SED runs its CLIP tower on the batch and its decoder (cost volume, CER) per image."""
-        return hasattr(self.model, "forward_batch")
+        return self.model.supports_batches
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -183,11 +174,11 @@ class Segmenter:
     def scores(self, image: torch.Tensor, text_features: torch.Tensor, cer_topk: int | None = None) -> ClassScores:
         """Class scores of one preprocessed (1, 3, H', W') image for (T, ...) ``text_features``.
 
-        ``cer_topk``: CER's K for this frame, at most the configured one (None: the configured one).
+        ``cer_topk``: CER's K for this frame (None: off); a model without CER refuses a K.
         """
-        self._begin_call(cer_topk)
+        cer = self._begin_call(cer_topk)
         with self._autocast():
-            return self.model(image, text_features)
+            return self.model(image, text_features, **cer)
 
     @torch.inference_mode()
     def scores_batch(self, images: torch.Tensor, text_features: torch.Tensor, cer_topk: int | None = None) -> list[ClassScores]:
@@ -199,17 +190,20 @@ class Segmenter:
         """
         if not self.batches:
             raise ValueError(f"{self.model.variant} labels one image at a time (no forward_batch)")
-        self._begin_call(cer_topk)
+        cer = self._begin_call(cer_topk)
         with self._autocast():
-            return self.model.forward_batch(images, text_features)
+            return self.model.forward_batch(images, text_features, **cer)
 
-    def _begin_call(self, cer_topk: int | None) -> None:
-        """Give the model this call's CER K (at most the configured one; None: that one)."""
-        if self.model_has_cer(self.model):  # also when off: the model keeps what it was last given
-            self.model.cer_topk = None if self.cer_topk is None else min(cer_topk or self.cer_topk, self.cer_topk)
+    def _begin_call(self, cer_topk: int | None) -> dict:
+        """The model's CER argument for this call (none for a model without CER, which refuses a K)."""
+        if cer_topk is not None and not self.supports_cer:
+            raise ValueError(f"{self.model.variant} has no category early rejection (cer_topk is SED's)")
+        if cer_topk is not None and cer_topk < 1:
+            raise ValueError(f"cer_topk must be at least 1 (None: off), not {cer_topk}")
         if self.compile_mode is not None:
             # A new frame: CUDA graph outputs of the previous one may be overwritten (a no-op without CUDA graphs).
             torch.compiler.cudagraph_mark_step_begin()
+        return {"cer_topk": cer_topk} if self.supports_cer else {}
 
 
 def build_segmenter(
@@ -218,17 +212,16 @@ def build_segmenter(
     device: str = "auto",
     precision: str = "fp32",
     short_edge: int = DEFAULT_SHORT_EDGE,
-    cer_topk: int = 0,
     cpu_threads: int = 0,
     compile_mode: str | None = None,
 ) -> tuple[Segmenter, Path | None]:
-    """The segmenter for the node's parameters of these names (the node, ``label_bag`` and the
-    benchmarks build theirs here); and the checkpoint it loaded (None: random weights).
+    """The segmenter of ``model`` (:func:`~ovseg_ros.engine.builder.build_pipeline` builds a whole
+    frame path around it); and the checkpoint it loaded (None: random weights).
 
     ``weights`` empty: the weights directory's checkpoint of ``model`` if present
     (:func:`~ovseg_ros.models.resolve_weights`). ``device`` ``"auto"``: CUDA when available.
-    ``cpu_threads`` > 0 sets torch's CPU threads (0: leave them). ``cer_topk`` 0 = off; a
-    model without CER (SAN) ignores it. Text embeddings are cached per model and weights.
+    ``cpu_threads`` > 0 sets torch's CPU threads (0: leave them). Text embeddings are cached
+    per model and weights.
     """
     checkpoint = resolve_weights(model, weights)
     if device == "auto":
@@ -243,7 +236,6 @@ def build_segmenter(
         precision=precision,
         short_edge=short_edge,
         text_cache=TextEmbeddingCache(default_cache_dir(), model, digest),
-        cer_topk=(cer_topk or None) if Segmenter.model_has_cer(network) else None,
         compile_mode=compile_mode,
     )
     return segmenter, checkpoint

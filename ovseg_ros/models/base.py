@@ -28,6 +28,11 @@ class OpenVocabModel(nn.Module):
 
     #: Registry name of the variant, e.g. ``"sed_convnext_base"`` (keys the text cache).
     variant: str = ""
+    #: What the model supports, declared by each model (callers read these, never probe):
+    #: ``forward`` takes ``cer_topk`` (category early rejection: SED) ...
+    supports_cer: bool = False
+    #: ... ``forward_batch`` labels several images of one size in one call.
+    supports_batches: bool = False
 
     def encode_text(self, class_names: list[str]) -> torch.Tensor:
         """Text features for ``class_names``; first dim is ``len(class_names)``, rest model-specific."""
@@ -40,6 +45,7 @@ class OpenVocabModel(nn.Module):
             image: (1, 3, H, W) float RGB in 0..255 on the model's device, as the authors'
                 model receives it (normalisation, padding and CLIP resizing happen inside).
             text_features: output of :meth:`encode_text` for T classes.
+            (models with :attr:`supports_cer` take ``cer_topk`` too: CER's K, None = off.)
 
         Returns:
             Scores of the T classes at model resolution; ``best((H0, W0))`` gives the label

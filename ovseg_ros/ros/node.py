@@ -78,8 +78,8 @@ from ovseg_ros.engine.frame_pipeline import FramePipeline, OutputRequest
 from ovseg_ros.engine.frame_stats import FrameStats
 from ovseg_ros.engine.frame_stream import FrameStream, FrameTicket, StreamResult
 from ovseg_ros.engine.image_codec import ImageError
-from ovseg_ros.engine.segmenter import build_segmenter, compile_mode_for_threads
-from ovseg_ros.engine.smoothing import TemporalSmoother, smoothing_mode
+from ovseg_ros.engine.builder import PipelineSettings, build_pipeline
+from ovseg_ros.engine.segmenter import compile_mode_for_threads
 from ovseg_ros.engine.vocabulary import Vocabulary, VocabularyError, VocabularyManager, edit_vocabulary
 from ovseg_ros.models.checkpoint import CheckpointError
 from ovseg_ros.ros.cameras import InputSettings, OutputSettings, CameraIO, UnpairedFrames, output_request
@@ -102,6 +102,11 @@ SHUTDOWN_JOIN_TIMEOUT_S = 2.0
 # can fire transitions while a frame is in flight (FrameStream's added_model_delay_s). Unset
 # in normal use.
 TEST_FRAME_DELAY_S = float(os.environ.get("OVSEG_TEST_FRAME_DELAY_S") or 0.0)
+#: Parameters that are PipelineSettings of the same name.
+PIPELINE_PARAMETERS = (
+    "model", "weights", "device", "precision", "input_short_edge", "cer_topk", "latency_budget_ms",
+    "smoothing", "smoothing_strength", "smoothing_max_gap_s", "palette", "min_score",
+)  # fmt: skip
 #: Parameters that take effect at once (_apply_runtime_parameter); the others are read on configure.
 RUNTIME_PARAMETERS = ("min_score", "cer_topk", "latency_budget_ms", "max_rate_hz", "max_batch", "batch_wait_ms", "smoothing_strength", "smoothing_max_gap_s")
 
@@ -283,16 +288,17 @@ class OvsegNode(LifecycleNode):
     def _build_pipeline(self) -> FramePipeline:
         """Model, vocabulary encoder, smoothing and CER budget of a new configuration."""
         model_name = self._param("model")
-        # Torch's threads spin on every core; one left free keeps image callbacks flowing
-        # (with all cores taken, frames overflowed the subscription queue).
-        cpu_threads = self._param("cpu_threads") or max(1, (os.cpu_count() or 2) - 1)
         compile_mode, compile_note = compile_mode_for_threads(None if self._param("compile") == "off" else self._param("compile"))
         if compile_note:
             self.get_logger().warning(compile_note)
-        segmenter, weights = build_segmenter(
-            model_name, self._param("weights"), self._param("device"), self._param("precision"),
-            self._param("input_short_edge"), self._param("cer_topk"), cpu_threads, compile_mode,
-        )  # fmt: skip
+        settings = PipelineSettings(
+            **{name: self._param(name) for name in PIPELINE_PARAMETERS},
+            # Torch's threads spin on every core; one left free keeps image callbacks flowing
+            # (with all cores taken, frames overflowed the subscription queue).
+            cpu_threads=self._param("cpu_threads") or max(1, (os.cpu_count() or 2) - 1),
+            compile_mode=compile_mode,
+        )
+        pipeline, weights = build_pipeline(settings, self._vocabularies)
         if weights is None:
             self._weights_note = "RANDOM weights: labels are meaningless"
             self.get_logger().warning(
@@ -302,16 +308,12 @@ class OvsegNode(LifecycleNode):
             )
         else:
             self._weights_note = str(weights)
-        cer_topk = segmenter.cer_topk
+        cer_topk = pipeline.cer_topk
         self.get_logger().info(
-            f"model {model_name} on {segmenter.device} ({self._param('precision')}, compile {compile_mode or 'off'}), weights: {weights or 'random'}, "
-            f"category early rejection: {f'top-{cer_topk}' if cer_topk else 'off'}"
+            f"model {model_name} on {pipeline.device} ({settings.precision}, compile {compile_mode or 'off'}), weights: {weights or 'random'}, "
+            f"category early rejection: {f'top-{cer_topk}' if cer_topk else 'off'}; temporal smoothing: {pipeline.smoother.mode}"
         )
-        self._vocabularies.attach(segmenter.encode_text)
-        mode = smoothing_mode(self._param("smoothing"), model_name)
-        self.get_logger().info(f"temporal smoothing: {mode}")
-        smoother = TemporalSmoother(mode, strength=self._param("smoothing_strength"), max_gap_s=self._param("smoothing_max_gap_s"))
-        return FramePipeline(segmenter, self._vocabularies, smoother, self._param("palette"), self._param("min_score"), self._param("latency_budget_ms"))
+        return pipeline
 
     def _input_settings(self) -> InputSettings:
         use_depth = self._param("use_depth")

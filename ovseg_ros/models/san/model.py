@@ -114,6 +114,8 @@ class SAN(OpenVocabModel):
     them. (The authors cache the same per-class embeddings.)
     """
 
+    supports_batches = True  # one pass of the network for B images of one size
+
     def __init__(self, config: SANConfig, variant: str = "custom"):
         super().__init__()
         self.config = config

@@ -59,7 +59,6 @@ def build_sed(
     clip_weights: str | Path | None = None,
     *,
     pooling_size: tuple[int, int] = (1, 1),
-    cer_topk: int | None = None,
 ) -> SED:
     """Build SED (eval mode, on the CPU) with weights from at most one source.
 
@@ -78,7 +77,6 @@ def build_sed(
             UNTRAINED and its output meaningless; for development only.
         pooling_size: pooling before the decoder's class attention; (1, 1) as in the
             authors' evaluation (``eval.sh``), their training configs use (2, 2).
-        cer_topk: K for category early rejection, None for off (see :attr:`SED.cer_topk`).
 
     Raises:
         CheckpointError: the weights are missing, unreadable or do not fit.
@@ -101,7 +99,7 @@ def build_sed(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         decoder = SEDDecoder(spec.image_guidance_dims, pooling_size, **spec.decoder_dims)
-    model = SED(variant, image_encoder, text_encoder, decoder, cer_topk, spec.clip_input_size)
+    model = SED(variant, image_encoder, text_encoder, decoder, spec.clip_input_size)
 
     if clip_weights is not None:
         official = {SED_CLIP_PREFIX + key: value for key, value in read_state_dict(clip_weights).items()}

@@ -67,20 +67,21 @@ class SEDOutput:
 class SED(OpenVocabModel):
     """SED with a ConvNeXt CLIP backbone; build it with :func:`ovseg_ros.models.sed.build_sed`.
 
-    Attributes:
-        cer_topk: K for category early rejection (the authors' ``TEST.FAST_INFERENCE`` with
-            ``TEST.TOPK``); None (default) runs every class through the whole decoder.
+    Every call takes ``cer_topk``: K for category early rejection (the authors'
+    ``TEST.FAST_INFERENCE`` with ``TEST.TOPK``); None runs every class through the whole decoder.
     """
 
+    supports_cer = True
+    supports_batches = True  # the CLIP tower on the batch, the decoder per image
+
     def __init__(self, variant: str, image_encoder: ImageEncoder, text_encoder: TextEncoder,
-                 decoder: SEDDecoder, cer_topk: int | None = None, clip_input_size: tuple[int, int] = CLIP_INPUT_SIZE):
+                 decoder: SEDDecoder, clip_input_size: tuple[int, int] = CLIP_INPUT_SIZE):
         super().__init__()
         self.variant = f"sed_{variant}"
         self.clip_input_size = clip_input_size
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.decoder = decoder
-        self.cer_topk = cer_topk
         self.register_buffer("pixel_mean", torch.tensor(CLIP_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -95,17 +96,18 @@ class SED(OpenVocabModel):
         return F.interpolate(normalised, size=self.clip_input_size, mode="bilinear", align_corners=False)
 
     @torch.inference_mode()
-    def predict(self, image: torch.Tensor, text_features: torch.Tensor) -> SEDOutput:
-        """Run the network on a (1, 3, H, W) RGB 0..255 image; probabilities at 192 x 192."""
+    def predict(self, image: torch.Tensor, text_features: torch.Tensor, cer_topk: int | None = None) -> SEDOutput:
+        """Run the network on a (1, 3, H, W) RGB 0..255 image with CER's K ``cer_topk`` (None:
+        off); probabilities at 192 x 192."""
         if image.dim() != 4 or image.shape[0] != 1:
             raise ValueError(
                 f"SED takes one image, shaped (1, 3, H, W), got {tuple(image.shape)}: its cost volume and "
                 "category early rejection use the class axis as the batch axis; use forward_batch for several"
             )
-        return self._predict_batch(image, text_features)[0]
+        return self._predict_batch(image, text_features, cer_topk)[0]
 
     @torch.inference_mode()
-    def _predict_batch(self, images: torch.Tensor, text_features: torch.Tensor) -> list[SEDOutput]:
+    def _predict_batch(self, images: torch.Tensor, text_features: torch.Tensor, cer_topk: int | None) -> list[SEDOutput]:
         """(B, 3, H, W) images of one size: the CLIP tower runs on the batch, the decoder (cost
         volume, CER) on each image, since the class axis is its batch axis."""
         with stage("preprocess"):
@@ -115,7 +117,7 @@ class SED(OpenVocabModel):
         outputs = []
         for i in range(len(images)):
             dense = features.dense[i : i + 1]
-            decoded = self.decoder(dense, tuple(g[i : i + 1] for g in features.guidance), text_features, self.cer_topk)
+            decoded = self.decoder(dense, tuple(g[i : i + 1] for g in features.guidance), text_features, cer_topk)
             with stage("postprocess"):
                 # float32 whatever autocast made the logits: stored in bf16, every probability
                 # above ~0.996 would fall on one of two values and argmax ties go to the lowest id.
@@ -125,10 +127,10 @@ class SED(OpenVocabModel):
                                      probs, tuple(images.shape[-2:])))
         return outputs
 
-    def forward_batch(self, images: torch.Tensor, text_features: torch.Tensor) -> list[UpsampledScores]:
+    def forward_batch(self, images: torch.Tensor, text_features: torch.Tensor, cer_topk: int | None = None) -> list[UpsampledScores]:
         """Scores of each of the B images (B, 3, H, W) RGB 0..255 of one size (CER per image)."""
-        return [output.scores() for output in self._predict_batch(images, text_features)]
+        return [output.scores() for output in self._predict_batch(images, text_features, cer_topk)]
 
-    def forward(self, image: torch.Tensor, text_features: torch.Tensor) -> UpsampledScores:
+    def forward(self, image: torch.Tensor, text_features: torch.Tensor, cer_topk: int | None = None) -> UpsampledScores:
         """Class probabilities for a (1, 3, H, W) RGB 0..255 image; see :meth:`SEDOutput.scores`."""
-        return self.predict(image, text_features).scores()
+        return self.predict(image, text_features, cer_topk).scores()
