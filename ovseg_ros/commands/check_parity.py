@@ -106,7 +106,7 @@ def run_case(case_dir: Path, device: str = "cpu", precision: str = "fp32") -> li
     case = json.loads((case_dir / "case.json").read_text())
     family = case["variant"].split("_", 1)[0]
     try:
-        parity = importlib.import_module(f"ovseg_dev.parity_{family}")
+        parity = importlib.import_module(f"ovseg_ros.commands.parity_{family}")
     except ModuleNotFoundError as exc:
         raise ValueError(f"{case_dir}: no implementation for variant {case['variant']!r}") from exc
     with np.load(case_dir / "arrays.npz") as npz:
