@@ -274,7 +274,7 @@ def test_diagnostics_report_rates_drops_latency_and_model(peer, diagnostics):
     "mangle, reason",
     [
         (lambda m: setattr(m, "data", bytes(100)), "expected step x height"),
-        (lambda m: setattr(m, "encoding", "yuv422"), "unsupported encoding"),
+        (lambda m: setattr(m, "encoding", "nv24"), "unsupported encoding"),
         (lambda m: (setattr(m, "height", 0), setattr(m, "data", b"")), "zero size"),
         (lambda m: (setattr(m, "width", 10000), setattr(m, "height", 10000), setattr(m, "step", 30000)), "pixel limit"),
         (lambda m: setattr(m, "step", 10), "less than width"),

@@ -70,7 +70,8 @@ class RawImageData:
 
 @dataclass(frozen=True)
 class CompressedImageData:
-    """The fields of a ``sensor_msgs/CompressedImage`` (jpeg or png)."""
+    """The fields of a ``sensor_msgs/CompressedImage`` (jpeg, png or tiff; ``format`` as image_transport or a
+    driver writes it, see :mod:`ovseg_ros.engine.image_codec`)."""
 
     format: str
     data: bytes | memoryview
