@@ -12,4 +12,4 @@ demo: setup
 	@$(ACTIVATE) && python -m ovseg_ros.commands.demo $(ARGS)
 
 test: setup
-	@$(ACTIVATE) && python -m pytest test $(ARGS)
+	@$(ACTIVATE) && ruff check . && python -m pytest test $(ARGS)

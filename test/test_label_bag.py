@@ -195,8 +195,7 @@ def test_offline_outputs_equal_the_nodes_for_the_same_frames(tmp_path):
         frames = [raw_frame(index) for index in (0, 4, 8)]
         for frame in frames:  # one at a time: the node's latest-frame policy drops nothing
             publisher.publish(frame)
-            answered = lambda: any(header_key(i.header) == header_key(frame.header) for i in infos.decoded())
-            assert peer.wait_for(answered, answer_timeout()), f"no answer to frame {frame.header.stamp.sec}\n{node.log_text()[-2000:]}"
+            assert peer.wait_for(lambda frame=frame: any(header_key(i.header) == header_key(frame.header) for i in infos.decoded()), answer_timeout()), f"no answer to frame {frame.header.stamp.sec}\n{node.log_text()[-2000:]}"
         node_labels = {header_key(m.header): m for m in labels.decoded()}
         node_infos = {header_key(m.header): m for m in infos.decoded()}
     finally:

@@ -388,9 +388,8 @@ class OvsegNode(LifecycleNode):
                 classes = self._classes
                 if classes is None or tuple(param.value) == classes.vocabulary.names:  # unconfigured (configure reads it), or in force
                     continue
-                names = list(param.value)
                 try:
-                    self._vocabulary_changes.submit(lambda _current: names).add_done_callback(self._vocabulary_parameter_applied)
+                    self._vocabulary_changes.submit(lambda _current, names=list(param.value): names).add_done_callback(self._vocabulary_parameter_applied)
                 except VocabularyError:  # shutting down
                     pass
             elif param.name in RUNTIME_PARAMETERS:
