@@ -15,6 +15,9 @@ import pytest
 
 from ovseg_dev.device_check import CALL_TIME_LIMITS, FULL, SMALL, STATUSES, Result, engine_problem, parse_parity, parse_tables, run_row
 
+#: Both calls of the small plan run in the module's fixture (minutes on this CPU).
+pytestmark = pytest.mark.timeout(600)
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "device_check.sh"
 
