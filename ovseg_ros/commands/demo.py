@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bag", type=Path, default=Path("data/sample_bag"), help="input rosbag2 (made if missing)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     parser.add_argument("--model", default="", help="model (default: the params file's)")
-    parser.add_argument("--weights", default="", help="checkpoint (default: the params file's / weights dir)")
+    parser.add_argument("--weights", default="", help="checkpoint, or auto: download the release when the weights dir has none (default: the params file's / weights dir)")
     parser.add_argument("--frames", type=int, default=40, help="frames in a newly made sample bag")
     parser.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for the last answer")
     args = parser.parse_args(argv)
@@ -189,7 +189,7 @@ def print_summary(frames_in: int, infos, latencies_ms: list[float], recordings, 
     print(f"ovseg demo: model {infos[0].model if infos else '?'}")
     if weights is None:
         print("  WEIGHTS: none found, the model ran with RANDOM weights: labels are meaningless.")
-        print(f"  Put the authors' checkpoint at {weights_dir()}/<model>.pth or pass --weights.")
+        print(f"  Run `python -m ovseg_ros.commands.fetch_weights <model>` (into {weights_dir()}), or pass --weights.")
     print(f"  frames in {frames_in}   frames out {frames_out}   not answered {frames_in - frames_out} (latest-frame policy, best-effort transport)")
     if infos:
         print(f"  latency frame sent -> info received  {percentiles(latencies_ms)}")

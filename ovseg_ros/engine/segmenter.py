@@ -24,13 +24,14 @@ at most) and 99.996% of the labels agree. The float path measured 2.9e-4 on aver
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovseg_ros.models import build_model, resolve_weights
+from ovseg_ros.models import AUTO_WEIGHTS, build_model, resolve_weights
 from ovseg_ros.models.base import OpenVocabModel
 from ovseg_ros.models.checkpoint import file_digest
 from ovseg_ros.models.scores import ClassScores
@@ -219,11 +220,20 @@ def build_segmenter(
     frame path around it); and the checkpoint it loaded (None: random weights).
 
     ``weights`` empty: the weights directory's checkpoint of ``model`` if present
-    (:func:`~ovseg_ros.models.resolve_weights`). ``device`` ``"auto"``: CUDA when available.
+    (:func:`~ovseg_ros.models.resolve_weights`), else random weights. ``"auto"``: the same
+    file, else the authors' release downloaded, verified and converted into that directory
+    (:func:`~ovseg_ros.models.weights.fetch_weights`; offline, a one-line
+    :class:`~ovseg_ros.models.checkpoint.CheckpointError` naming the URL and what to do
+    instead). ``device`` ``"auto"``: CUDA when available.
     ``cpu_threads`` > 0 sets torch's CPU threads (0: leave them). Text embeddings are cached
     per model and weights.
     """
     checkpoint = resolve_weights(model, weights)
+    if checkpoint is None and weights == AUTO_WEIGHTS:
+        from ovseg_ros.models.weights import fetch_weights
+
+        # A download of GBs at configure: said on stderr (with huggingface_hub's / tqdm's progress bar).
+        checkpoint = fetch_weights(model, log=lambda line: print(f"[ovseg weights] {line}", file=sys.stderr, flush=True))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and cpu_threads:

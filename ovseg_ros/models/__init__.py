@@ -56,12 +56,25 @@ def weights_dir() -> Path:
     return Path(os.environ.get("OVSEG_WEIGHTS_DIR", Path.home() / ".local" / "share" / "ovseg_ros" / "weights"))
 
 
+#: The ``weights`` value that fetches the authors' release when the weights folder has none
+#: (:func:`ovseg_ros.models.weights.fetch_weights`; resolving never downloads by itself).
+AUTO_WEIGHTS = "auto"
+
+
 def resolve_weights(model: str, weights: str = "") -> Path | None:
-    """The checkpoint to load: ``weights`` if given, else ``weights_dir()/<model>.pth`` if it exists, else None."""
-    if weights:
+    """The checkpoint to load: ``weights`` if a path is given; else the weights folder's
+    ``<model>.safetensors``, else its ``<model>.pth``, if one exists; else None.
+
+    ``weights`` empty or :data:`AUTO_WEIGHTS` both look in the folder; what ``auto`` does
+    when it is empty is up to the caller (``build_segmenter`` downloads).
+    """
+    if weights and weights != AUTO_WEIGHTS:
         return Path(weights).expanduser()
-    default = weights_dir() / f"{model}.pth"
-    return default if default.is_file() else None
+    for suffix in (".safetensors", ".pth"):
+        candidate = weights_dir() / f"{model}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def build_model(name: str, weights: Path | str | None = None) -> OpenVocabModel:
@@ -78,4 +91,4 @@ def build_model(name: str, weights: Path | str | None = None) -> OpenVocabModel:
     return MODEL_BUILDERS[name](None if weights is None else str(weights))
 
 
-__all__ = ["MODEL_BUILDERS", "CheckpointError", "OpenVocabModel", "build_model", "resolve_weights", "weights_dir"]
+__all__ = ["AUTO_WEIGHTS", "MODEL_BUILDERS", "CheckpointError", "OpenVocabModel", "build_model", "resolve_weights", "weights_dir"]

@@ -8,8 +8,10 @@ beside it (``optimizer``, ``scheduler``, ``iteration``...). Everything is loaded
 containers and never calls code from the file; the only additions allowed are numpy
 scalars (a detectron2 ``iteration`` may be one) and their dtypes, which are data too.
 Files are memory-mapped, so the optimizer state (often twice the weights) is never read
-into memory. Weights are applied strictly: a wrong or truncated file raises
-:class:`CheckpointError` naming the missing and unexpected keys.
+into memory. ``.safetensors`` files (what ``fetch_weights`` converts a release to) hold
+nothing but tensors and are read memory-mapped with ``safetensors``, no unpickling at all.
+Weights are applied strictly: a wrong or truncated file raises :class:`CheckpointError`
+naming the missing and unexpected keys.
 """
 
 from __future__ import annotations
@@ -68,8 +70,19 @@ def _safe_global_names() -> set[str]:
     return {entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}" for entry in SAFE_NUMPY_GLOBALS}
 
 
+def _load_safetensors(path: Path) -> StateDict:
+    """A ``.safetensors`` file's tensors, memory-mapped (the format holds only tensors and a JSON header)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # SafetensorError, or OSError for an unreadable file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
 def read_state_dict(path: str | Path) -> StateDict:
-    """Read a ``.pth`` file (``{"model": sd, ...training state}`` or a bare ``sd``) safely.
+    """Read a ``.pth`` file (``{"model": sd, ...training state}`` or a bare ``sd``) or a
+    ``.safetensors`` file safely.
 
     Strips a leading ``module.`` from every key. Raises :class:`CheckpointError` with the
     path and the reason when the file is missing, corrupt, holds no tensors, holds pickled
@@ -78,7 +91,7 @@ def read_state_dict(path: str | Path) -> StateDict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    obj = _load_weights_only(path)
+    obj = _load_safetensors(path) if path.suffix == ".safetensors" else _load_weights_only(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not obj:

@@ -33,7 +33,7 @@ LAUNCH_ARGUMENTS = {
     "cameras": ("", "Camera names (the cameras parameter), e.g. '[front, rear]': each subscribes to <name>/image unless image_topics remaps it."),
     "params_file": ("", "Parameters file (default: the package's config/segment.yaml)."),
     "model": ("", "Model name, overrides the params file (e.g. sed_convnext_base, san_vit_b_16)."),
-    "weights": ("", "Checkpoint path, overrides the params file."),
+    "weights": ("", "Checkpoint path, or auto (download the authors' release when the weights folder has none); overrides the params file."),
     "device": ("", "Torch device (auto, cpu, cuda, cuda:N), overrides the params file."),
     "use_sim_time": ("", "true: run on /clock; false: wall time; unset: as the params file or an including launch file's SetParameter say (true when 'bag' is given)."),
     "rviz": ("false", "Start rviz2 with config/segment.rviz (camera image, overlay, labels; needs rviz2)."),

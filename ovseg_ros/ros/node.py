@@ -303,8 +303,8 @@ class OvsegNode(LifecycleNode):
             self._weights_note = "RANDOM weights: labels are meaningless"
             self.get_logger().warning(
                 f"no weights for {model_name}: running with RANDOM weights, labels are meaningless. "
-                "Pass weights:=/path/to/checkpoint.pth or put the authors' checkpoint at "
-                f"$OVSEG_WEIGHTS_DIR/{model_name}.pth (see README)."
+                f"Fetch the authors' checkpoint with `python -m ovseg_ros.commands.fetch_weights {model_name}` "
+                "(or set weights:=auto to fetch it on configure), or pass weights:=/path/to/checkpoint (see README)."
             )
         else:
             self._weights_note = str(weights)

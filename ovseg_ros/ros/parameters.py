@@ -28,7 +28,10 @@ PARAMETERS = (
     ParameterSpec(
         "weights",
         "",
-        "Authors' checkpoint (.pth). Empty: $OVSEG_WEIGHTS_DIR/<model>.pth if present, else random weights (labels meaningless).",
+        "Authors' checkpoint (.safetensors or .pth). Empty: $OVSEG_WEIGHTS_DIR/<model>.safetensors, else <model>.pth, if present, "
+        "else random weights (labels meaningless). auto: that file, else the authors' release downloaded into that folder on "
+        "configure (verified, as .safetensors; what python -m ovseg_ros.commands.fetch_weights <model> does beforehand); "
+        "offline, the node stays unconfigured and says so.",
         configure_time=True,
     ),
     ParameterSpec("device", "auto", "Torch device: auto (cuda when available), cpu, cuda, cuda:N.", configure_time=True),
