@@ -266,14 +266,13 @@ class _DepthSampler:
         if depth.ndim != 2 or depth.dtype not in (np.uint16, np.float32):
             raise ValueError(f"depth must be (H, W) uint16 or float32, not {depth.shape} {depth.dtype}")
         intrinsics.check()
-        self.width = shape[1]
-        self.ray_x, self.ray_y = _ray_images(intrinsics, shape)
+        self.ray_x, self.ray_y = _rays(intrinsics, shape)
         if depth.shape != shape:  # the depth pixel under each label pixel's centre
             height, width = shape
-            depth = depth[depth_indices(torch.arange(height), height, depth.shape[0]).numpy()[:, None], depth_indices(torch.arange(width), width, depth.shape[1]).numpy()]
-        # (H, W) validity and (H * W,) float32 metres (points.back_project's conversion).
-        self.valid = depth > 0 if depth.dtype == np.uint16 else (depth > 0) & (depth < np.inf)  # NaN > 0 is False
-        self.metres = (depth * np.float32(depth_scale(depth)) if depth.dtype == np.uint16 else depth).ravel()
+            rows = depth_indices(torch.arange(height), height, depth.shape[0]).numpy()
+            depth = depth[rows[:, None], depth_indices(torch.arange(width), width, depth.shape[1]).numpy()]
+        self.depth = np.ascontiguousarray(depth)  # (H, W) on the label grid, raw
+        self.scale = np.float32(depth_scale(depth))
 
     def summary(self, segment: Segment, settings: SegmentSettings) -> tuple[int, Box3D | None]:
         """(valid depth pixels of ``segment``, its :class:`Box3D` or None below ``min_points``)."""
@@ -287,25 +286,33 @@ class _DepthSampler:
                 step += 1
             pixels = np.arange(step // 2, width * height, step)
             pixels = pixels[mask.ravel()[pixels]]
-        pixels += (pixels // width) * (self.width - width) + (y * self.width + x)  # the frame's flat indices
-        valid_pixels = self.valid.ravel()
-        pixels = pixels[valid_pixels[pixels]]
+        v, u = np.divmod(pixels, width)
+        v += y
+        u += x
+        z = self.depth[v, u]
+        valid = _valid(z)
         # Every valid pixel counted, also where the summary sees a sample.
-        point_count = len(pixels) if step == 1 else int(np.count_nonzero(self.valid[y : y + height, x : x + width] & mask))
-        if point_count < settings.min_points or len(pixels) == 0:
+        point_count = int(np.count_nonzero(valid)) if step == 1 else int(np.count_nonzero(_valid(self.depth[y : y + height, x : x + width]) & mask))
+        if point_count < settings.min_points or not valid.any():
             return point_count, None
-        z = self.metres[pixels]
-        low, median, high = _percentiles(np.stack([z * self.ray_x[pixels], z * self.ray_y[pixels], z]))
+        z, v, u = z[valid], v[valid], u[valid]
+        z = z * self.scale if z.dtype == np.uint16 else z  # points.back_project's metres: float32
+        low, median, high = _percentiles(np.stack([z * self.ray_x[u], z * self.ray_y[v], z]))
         return point_count, Box3D(median, low, high)
 
 
 @lru_cache(maxsize=8)
-def _ray_images(intrinsics: PinholeIntrinsics, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(H * W,) float32 ray factors of each label pixel, x then y (:func:`~ovseg_ros.engine.points.pixel_rays`),
+def _rays(intrinsics: PinholeIntrinsics, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(W,) and (H,) float32 ray factors of the label grid (:func:`~ovseg_ros.engine.points.pixel_rays`),
     kept for the cameras in use."""
     height, width = shape
     ray_x, ray_y = pixel_rays(intrinsics.scaled_to(width, height), torch.arange(height), torch.arange(width))
-    return np.broadcast_to(ray_x.numpy(), shape).ravel(), np.broadcast_to(ray_y.numpy()[:, None], shape).ravel()
+    return ray_x.numpy(), ray_y.numpy()
+
+
+def _valid(depth: np.ndarray) -> np.ndarray:
+    """Where raw depth (uint16 mm, float32 m) is a measurement: > 0, and finite (NaN > 0 is False)."""
+    return depth > 0 if depth.dtype == np.uint16 else (depth > 0) & (depth < np.inf)
 
 
 def _percentiles(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
