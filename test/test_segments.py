@@ -216,3 +216,12 @@ def test_instance_image_holds_the_track_ids():
         expected[pixels_of(segment)] = value
     assert np.array_equal(image, expected)
     assert not instance_image([], HEIGHT, WIDTH).any()
+
+
+def test_the_benchmark_runs(capsys):
+    from ovseg_dev.bench_segments import main
+
+    main(["--repeats", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("640x480: 20 segments (20 with a 3D box), 20 regions")
+    assert "total (segments + 3D + tracking)" in out and "CC: torch propagation (cpu)" in out
