@@ -296,8 +296,14 @@ class _DepthSampler:
         if point_count < settings.min_points or not valid.any():
             return point_count, None
         z, v, u = z[valid], v[valid], u[valid]
-        z = z * self.scale if z.dtype == np.uint16 else z  # points.back_project's metres: float32
-        low, median, high = _percentiles(np.stack([z * self.ray_x[u], z * self.ray_y[v], z]))
+        points = np.empty((3, len(z)), np.float32)
+        if z.dtype == np.uint16:
+            np.multiply(z, self.scale, out=points[2])  # points.back_project's metres: float32
+        else:
+            points[2] = z
+        np.multiply(points[2], self.ray_x[u], out=points[0])
+        np.multiply(points[2], self.ray_y[v], out=points[1])
+        low, median, high = _percentiles(points)
         return point_count, Box3D(median, low, high)
 
 
@@ -317,12 +323,13 @@ def _valid(depth: np.ndarray) -> np.ndarray:
 
 def _percentiles(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(3,) float64 5th, 50th and 95th percentile of each row of (3, N) ``points``: what
-    ``np.percentile`` gives (linear interpolation), from one partition, without its overhead."""
+    ``np.percentile`` gives (linear interpolation) without its overhead, from numpy's
+    vectorised sort (faster than a partition at the ~1000 points of a segment)."""
     last = points.shape[1] - 1
     positions = [q * last for q in SUMMARY_QUANTILES]
     low = [math.floor(position) for position in positions]
     high = [min(index + 1, last) for index in low]
-    ordered = np.partition(points, sorted(set(low + high)), axis=1)
+    ordered = np.sort(points, axis=1)
     low_values = ordered[:, low].astype(np.float64)  # (3 axes, 3 quantiles)
     values = low_values + np.subtract(positions, low) * (ordered[:, high] - low_values)
     return values[:, 0], values[:, 1], values[:, 2]
