@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["ovseg_ros", "ovseg_ros.*"]),
     python_requires=">=3.10",
     # torch 2.11 is the oldest tested (the GPU machine's); CUDA graphs in the node need 2.13 (README).
-    install_requires=["torch>=2.11", "torchvision>=0.26", "open_clip_torch", "numpy", "opencv-python-headless", "Pillow", "rosbags"],
+    install_requires=["torch>=2.11", "torchvision>=0.26", "open_clip_torch", "numpy", "scipy", "opencv-python-headless", "Pillow", "rosbags"],
     package_data={"ovseg_ros.data": ["*.txt"]},
     entry_points={"console_scripts": ["ovseg-check-parity = ovseg_ros.commands.check_parity:main"]},
 )
