@@ -28,6 +28,7 @@ WITHOUT_CV2 = textwrap.dedent(f"""
     from ovseg_ros.engine.image_codec import ImageError, decode_compressed, decode_image
     from ovseg_ros.models import build_model
     from ovseg_ros.engine.rendering import Renderer
+    from ovseg_ros.engine.segments import find_segments
     from ovseg_ros.engine.segmenter import Segmenter
     from ovseg_ros.engine.smoothing import TemporalSmoother
     from ovseg_ros.engine.vocabulary import VocabularyManager
@@ -46,7 +47,8 @@ WITHOUT_CV2 = textwrap.dedent(f"""
               "bgr8_error": error_of(lambda: decode_image("bgr8", {HEIGHT}, {WIDTH}, {WIDTH} * 3, rgb.tobytes())),
               "compressed_error": error_of(lambda: decode_compressed("png", b"not empty")),
               "flow_error": error_of(lambda: TemporalSmoother("flow")),
-              "cv2_renderer_error": error_of(lambda: Renderer({NAMES!r}, torch_ops=False))}}
+              "cv2_renderer_error": error_of(lambda: Renderer({NAMES!r}, torch_ops=False)),
+              "segments_error": error_of(lambda: find_segments(rgb[..., 0], np.ones(rgb.shape[:2], np.float32), {NAMES!r}))}}
 
     torch.manual_seed(0)
     scores = torch.rand(3, {HEIGHT}, {WIDTH})
@@ -100,6 +102,7 @@ def test_paths_that_need_cv2_say_so(without_cv2):
         assert without_cv2[key].startswith("ImageError: ") and "needs OpenCV" in without_cv2[key], key
     assert "bgr8" in without_cv2["bgr8_error"]
     assert without_cv2["flow_error"].startswith("ImportError: smoothing mode 'flow' needs OpenCV")
+    assert without_cv2["segments_error"].startswith("ImportError: segments need OpenCV")
     for key in ("cv2_renderer_error", "cpu_infer_error"):
         assert without_cv2[key].startswith("ImportError: ") and "torch_ops=True" in without_cv2[key], key
 

@@ -11,7 +11,7 @@ import torch
 
 from ovseg_ros.engine.frame_pipeline import DepthData, FramePipeline, OutputRequest, RawImageData
 from ovseg_ros.engine.image_codec import ImageError
-from ovseg_ros.engine.points import POINT_DTYPE, PinholeIntrinsics, back_project, class_summary, decode_depth, points_of
+from ovseg_ros.engine.points import POINT_DTYPE, PinholeIntrinsics, back_project, class_summary, decode_depth, organized_points, points_of
 
 HEIGHT, WIDTH = 480, 640
 CAMERA = PinholeIntrinsics(525.0, 525.0, 319.5, 239.5, WIDTH, HEIGHT)
@@ -140,6 +140,29 @@ def test_depth_of_another_size_is_resampled_and_intrinsics_scaled():
     wall = points["label"] == 0
     assert np.abs(points["z"][wall] - WALL_Z).max() < MM
     assert np.allclose(points["z"], half_depth[v // 2, u // 2]), "each colour pixel takes the depth pixel under its centre"
+
+
+def test_organized_cloud_is_pixel_aligned_with_nan_where_no_point():
+    """organized_points: one record per pixel at [v, u], the compact cloud's point where there
+    is one, x y z NaN where depth is missing or the score too low; rgb, score, label always."""
+    labels, depth = scene()
+    depth[:50] = 0.0
+    depth[50:60] = np.nan
+    half_depth = scene(CAMERA.scaled_to(WIDTH // 2, HEIGHT // 2))[1]
+    confidence = np.random.default_rng(4).random(labels.shape, dtype=np.float32)
+    rgb = np.random.default_rng(5).integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
+    tensors = [torch.from_numpy(a) for a in (labels, confidence, rgb)]
+    organized = organized_points(*tensors, torch.from_numpy(depth), CAMERA, min_score=0.3).numpy().view(POINT_DTYPE)[..., 0]
+    assert organized.shape == (HEIGHT, WIDTH)
+    has_point = np.isfinite(depth) & (depth > 0) & (confidence >= 0.3)
+    assert np.array_equal(~np.isnan(organized["z"]), has_point)
+    assert np.isnan(organized["x"][~has_point]).all() and np.isnan(organized["y"][~has_point]).all()
+    assert np.array_equal(organized["label"], labels) and np.array_equal(organized["score"], confidence)
+    assert np.array_equal(organized["rgb"].view(np.uint32) >> 16, rgb[..., 0])
+    compact, _ = project(labels, depth, min_score=0.3, confidence=confidence, rgb=rgb)
+    assert np.array_equal(organized[has_point], compact), "the same points, bytes and order, as back_project"
+    resampled = organized_points(*tensors, torch.from_numpy(half_depth), CAMERA.scaled_to(WIDTH // 2, HEIGHT // 2)).numpy().view(POINT_DTYPE)[..., 0]
+    assert np.allclose(resampled["z"], half_depth[np.arange(HEIGHT)[:, None] // 2, np.arange(WIDTH) // 2]), "depth of another size: nearest neighbour"
 
 
 def test_depth_decoding():

@@ -3,6 +3,8 @@
     depth = decode_depth("16UC1", 480, 640, 1280, data)                 # host (H_d, W_d) view
     cloud = back_project(labels, confidence, rgb, depth_on_device, PinholeIntrinsics(...), stride=2)
     cloud.records[: int(cloud.count)]      # (N, 6) float32 rows, byte-for-byte POINT_DTYPE
+    organized = organized_points(labels, confidence, rgb, depth_on_device, PinholeIntrinsics(...))
+    organized.numpy().view(POINT_DTYPE)[..., 0]   # host (H, W) records, pixel-aligned, x y z NaN = no point
 
 The depth image must be registered to the colour camera (RealSense ``aligned_depth_to_color``,
 ``depth_image_proc/register``): its pixel (u, v) sees what the colour pixel (u, v) sees.
@@ -177,43 +179,8 @@ def back_project(
         stride: every ``stride``-th pixel of every ``stride``-th row.
         min_score: pixels scoring below this give no point.
     """
-    if stride < 1:
-        raise ValueError(f"points stride must be >= 1, not {stride}")
-    intrinsics.check()
-    height, width = labels.shape
-    camera = intrinsics.scaled_to(width, height)
+    fields, valid, label = _pixel_records(labels, confidence, rgb, depth, intrinsics, stride, min_score)
     device = labels.device
-    rows = torch.arange(0, height, stride, device=device)
-    cols = torch.arange(0, width, stride, device=device)
-    if tuple(depth.shape) == (height, width):
-        z = depth[::stride, ::stride]
-    else:  # nearest-neighbour: the depth pixel under each sampled colour pixel's centre
-        depth_rows = ((rows + 0.5) * (depth.shape[0] / height)).long().clamp_max_(depth.shape[0] - 1)
-        depth_cols = ((cols + 0.5) * (depth.shape[1] / width)).long().clamp_max_(depth.shape[1] - 1)
-        z = depth.index_select(0, depth_rows).index_select(1, depth_cols)
-    z = z.to(torch.float32) * depth_scale(depth) if depth.dtype == torch.uint16 else z.to(torch.float32)
-    score = confidence[::stride, ::stride]
-    label = labels[::stride, ::stride]
-    valid = z > 0  # NaN > 0 is False; millimetres are never inf
-    if depth.dtype != torch.uint16:
-        valid &= z < float("inf")
-    if min_score > 0:
-        valid &= score >= min_score
-
-    # The records, written in place: x = (u - cx) z / fx, y = (v - cy) z / fy (one ray factor
-    # per column and per row), z, then rgb, score and label as bytes.
-    fields = torch.empty((len(rows), len(cols), RECORD_WORDS), dtype=torch.float32, device=device)
-    torch.mul(z, (cols.to(torch.float32) - camera.cx) / camera.fx, out=fields[..., 0])
-    torch.mul(z, ((rows.to(torch.float32) - camera.cy) / camera.fy)[:, None], out=fields[..., 1])
-    fields[..., 2] = z
-    fields[..., 4] = score
-    record_bytes = fields.view(torch.uint8)  # (H', W', 24)
-    colour = rgb[::stride, ::stride]
-    for byte, channel in ((12, 2), (13, 1), (14, 0)):  # B, G, R, 0: 0x00RRGGBB little-endian
-        record_bytes[..., byte] = colour[..., channel]
-    record_bytes[..., 15] = 0
-    record_bytes[..., 20:22] = label.to(torch.int16).view(torch.uint8).view(len(rows), len(cols), 2)  # ids >= 32768 wrap to uint16
-    record_bytes[..., 22:24] = 0  # padding
     fields = fields.view(-1, RECORD_WORDS)
 
     # Compaction without a host sync: valid rows go to their rank, the others to the scratch row M.
@@ -227,6 +194,80 @@ def back_project(
     flat_label = label.reshape(-1).to(torch.int64)
     group = torch.where(flat_valid & (flat_label < num_classes), flat_label, num_classes)  # T: in no class
     return DeviceCloud(records, count, group, fields[:, :3], num_classes)
+
+
+@torch.inference_mode()
+def organized_points(
+    labels: torch.Tensor, confidence: torch.Tensor, rgb: torch.Tensor, depth: torch.Tensor, intrinsics: PinholeIntrinsics, min_score: float = 0.0
+) -> torch.Tensor:
+    """The pixel-aligned cloud of a frame (an organized PointCloud2 of ``height`` x ``width``), on the labels' device.
+
+    Arguments as :func:`back_project` at stride 1. Returns (H, W, 6) float32 records (their
+    bytes are :data:`POINT_DTYPE`: ``.numpy().view(POINT_DTYPE)[..., 0]`` is the host's (H, W)
+    structured array), one per pixel: the point of pixel (u, v) at ``[v, u]``, with x, y and z
+    NaN where it has none (invalid depth, score below ``min_score``); its rgb, score and label
+    are the pixel's either way.
+    """
+    fields, valid, _ = _pixel_records(labels, confidence, rgb, depth, intrinsics, 1, min_score)
+    fields[..., :3].masked_fill_(~valid[..., None], float("nan"))
+    return fields
+
+
+def pixel_rays(camera: PinholeIntrinsics, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ray factors of ``camera`` (at the labels' resolution): a point of depth z at
+    pixel (u, v) is ``(z * ray_x[u], z * ray_y[v], z)``, ``ray_x = (u - cx) / fx`` for each
+    column of ``cols`` and ``ray_y = (v - cy) / fy`` for each row of ``rows``."""
+    return (cols.to(torch.float32) - camera.cx) / camera.fx, (rows.to(torch.float32) - camera.cy) / camera.fy
+
+
+def depth_indices(colour_indices: torch.Tensor, colour_size: int, depth_size: int) -> torch.Tensor:
+    """The depth row (column) under the centre of each colour row (column) of ``colour_indices``,
+    for a depth image of ``depth_size`` rows (columns) registered to ``colour_size``: nearest neighbour."""
+    return ((colour_indices + 0.5) * (depth_size / colour_size)).long().clamp_max_(depth_size - 1)
+
+
+def _pixel_records(
+    labels: torch.Tensor, confidence: torch.Tensor, rgb: torch.Tensor, depth: torch.Tensor, intrinsics: PinholeIntrinsics, stride: int, min_score: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(H', W', 6) float32 records of every ``stride``-th pixel of every ``stride``-th row, their
+    (H', W') validity (depth measured, score at least ``min_score``) and (H', W') labels."""
+    if stride < 1:
+        raise ValueError(f"points stride must be >= 1, not {stride}")
+    intrinsics.check()
+    height, width = labels.shape
+    camera = intrinsics.scaled_to(width, height)
+    device = labels.device
+    rows = torch.arange(0, height, stride, device=device)
+    cols = torch.arange(0, width, stride, device=device)
+    if tuple(depth.shape) == (height, width):
+        z = depth[::stride, ::stride]
+    else:  # nearest-neighbour: the depth pixel under each sampled colour pixel's centre
+        z = depth.index_select(0, depth_indices(rows, height, depth.shape[0])).index_select(1, depth_indices(cols, width, depth.shape[1]))
+    z = z.to(torch.float32) * depth_scale(depth) if depth.dtype == torch.uint16 else z.to(torch.float32)
+    score = confidence[::stride, ::stride]
+    label = labels[::stride, ::stride]
+    valid = z > 0  # NaN > 0 is False; millimetres are never inf
+    if depth.dtype != torch.uint16:
+        valid &= z < float("inf")
+    if min_score > 0:
+        valid &= score >= min_score
+
+    # The records, written in place: x = z ray_x, y = z ray_y (one ray factor per column and
+    # per row), z, then rgb, score and label as bytes.
+    ray_x, ray_y = pixel_rays(camera, rows, cols)
+    fields = torch.empty((len(rows), len(cols), RECORD_WORDS), dtype=torch.float32, device=device)
+    torch.mul(z, ray_x, out=fields[..., 0])
+    torch.mul(z, ray_y[:, None], out=fields[..., 1])
+    fields[..., 2] = z
+    fields[..., 4] = score
+    record_bytes = fields.view(torch.uint8)  # (H', W', 24)
+    colour = rgb[::stride, ::stride]
+    for byte, channel in ((12, 2), (13, 1), (14, 0)):  # B, G, R, 0: 0x00RRGGBB little-endian
+        record_bytes[..., byte] = colour[..., channel]
+    record_bytes[..., 15] = 0
+    record_bytes[..., 20:22] = label.to(torch.int16).view(torch.uint8).view(len(rows), len(cols), 2)  # ids >= 32768 wrap to uint16
+    record_bytes[..., 22:24] = 0  # padding
+    return fields, valid, label
 
 
 #: Coordinates and class ids share one float64 sort key: class x 2**20 m + coordinate
