@@ -75,22 +75,3 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "ros2_tools" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.flaky(reruns=DDS_TEST_RERUNS, reruns_delay=2))
-
-
-@pytest.fixture
-def time_limit(request):
-    """Fails the test that uses it once it has run ``time_limit_s`` seconds (a module-level
-    ``TIME_LIMIT_S``, 30 by default): SIGALRM interrupts it where it is, so a test that hangs
-    or slows down by orders of magnitude fails instead of stalling the run."""
-    import signal
-
-    seconds = getattr(request.module, "TIME_LIMIT_S", 30.0)
-
-    def expired(signum, frame):
-        pytest.fail(f"{request.node.name} ran longer than its time limit of {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, previous)

@@ -17,8 +17,7 @@ from ovseg_ros.engine.tracking import SegmentTracker
 from ovseg_ros.ros.detections import BOX_NAMESPACE, CAPTION_NAMESPACE, box_markers_msg, detections_2d_msg, detections_3d_msg
 from object_scenes import BOX, CAMERA, CHAIR, NAMES, Face, render, scores_of
 
-pytestmark = pytest.mark.usefixtures("ros2_tools", "time_limit")  # vision_msgs comes from ../shared/ros2
-TIME_LIMIT_S = 30.0
+pytestmark = pytest.mark.usefixtures("ros2_tools")  # vision_msgs comes from ../shared/ros2
 NEAR_BOX = Face(BOX, (-0.9, -0.3), (-0.2, 0.4), 1.5)
 CHAIR_FACE = Face(CHAIR, (0.2, 0.8), (-0.5, 0.3), 2.5)
 

@@ -10,7 +10,6 @@ keyed as the authors' files are; the tiny models get a release entry for the tes
 
 import hashlib
 import io
-import signal
 import socket
 import threading
 import urllib.parse
@@ -28,22 +27,10 @@ from ovseg_ros.models.weights import RELEASES, Release, WeightsDownloadError, fe
 
 #: Each test's limit (downloads here are tens of MB over loopback; huggingface_hub retries an
 #: unreachable host for about 23 s before it gives up; the node test starts a node).
-TEST_LIMIT_S = 240
+pytestmark = pytest.mark.timeout(240)
 HF_REPO = "ovseg-test/tiny"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OURS_TO_OFFICIAL_SED = {"image_encoder.": SED_CLIP_PREFIX + "visual.", "text_encoder.": SED_CLIP_PREFIX, "decoder.": "sem_seg_head.predictor.transformer."}
-
-
-@pytest.fixture(autouse=True)
-def time_limit():
-    def expire(signum, frame):
-        raise TimeoutError(f"test ran past {TEST_LIMIT_S} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_LIMIT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def official_checkpoint(model: str, seed: int = 1) -> tuple[bytes, dict[str, torch.Tensor]]:

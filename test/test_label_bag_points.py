@@ -177,3 +177,42 @@ def test_depth_topic_choice():
     with pytest.raises(label_bag.LabelBagError, match="both /a/color/depth and /a/aligned_depth_to_color/image_raw are in the bag"):
         label_bag.choose_depth_partners(both, label_bag.choose_image_topics(both, None), {}, {})
     assert label_bag._topic_options(["/d", "/cam/image_raw=/cam/depth"]) == {None: "/d", "/cam/image_raw": "/cam/depth"}
+
+
+def test_detections_of_a_bag_as_the_node_publishes_them(tmp_path):
+    """--outputs detections,detections_3d,instances: every frame's detections (3D for the frames
+    with depth), the same messages as the frame path and frame_messages give the frame, ids
+    carried from frame to frame by the camera's tracker, and the instance image of those ids."""
+    from vision_msgs.msg import Detection2DArray, Detection3DArray
+
+    from ovseg_ros.ros.conversions import frame_messages
+
+    frames, _ = depth_bag(tmp_path / "in", StoragePlugin.MCAP)
+    out = tmp_path / "labeled"
+    args = [str(tmp_path / "in"), str(out), *OFFLINE_ARGS, "--outputs", "label,detections,detections_3d,instances"]
+    assert label_bag.main(args) == 0
+    topics = read_bag(out)
+    detections = {header_key(m.header): m for m in (deserialize_message(d, Detection2DArray) for _, d in topics["/cam/segmentation/detections"])}
+    boxes = {header_key(m.header): m for m in (deserialize_message(d, Detection3DArray) for _, d in topics["/cam/segmentation/detections_3d"])}
+    instances = {header_key(m.header): m for m in (deserialize_message(d, Image) for _, d in topics["/cam/segmentation/instances"])}
+    assert set(detections) == set(instances) == {header_key(frame.header) for frame in frames}, "every frame"
+    assert set(boxes) == {header_key(frames[i].header) for i in range(4) if i != LATE_FRAME}, "3D for the frames with depth"
+
+    # The frame path on the same frames, in order, one camera: the same messages.
+    pipeline, _ = build_pipeline(PipelineSettings(TEST_MODEL, device="cpu", input_short_edge=SETTINGS["input_short_edge"], cer_topk=8, cpu_threads=1,
+                                                  min_score=SETTINGS["min_score"], smoothing=SETTINGS["smoothing"]))
+    pipeline.vocabularies.install(pipeline.vocabularies.encode(VOCABULARY))
+    request = OutputRequest(segments=True, instances=True)
+    for index, frame in enumerate(frames):
+        depth = None
+        if index != LATE_FRAME:
+            intrinsics = intrinsics_from_camera_info(camera_info(frame), WIDTH, HEIGHT)
+            depth = DepthData(raw_image_data(plane_depth(frame)), intrinsics)
+        stamp = frame.header.stamp.sec + frame.header.stamp.nanosec * 1e-9
+        messages = frame_messages(frame.header, pipeline.process(image_data(frame), stamp, request, depth=depth), TEST_MODEL)
+        key = header_key(frame.header)
+        assert detections[key] == messages.detections and instances[key] == messages.instances
+        if depth is not None:
+            assert boxes[key] == messages.detections_3d and all(d.bbox.center.position.z == pytest.approx(PLANE_MM / 1000.0, abs=1e-3) for d in boxes[key].detections)
+    ids = [{d.id for d in detections[header_key(frame.header)].detections} for frame in frames]
+    assert all(ids) and all(i.isdigit() for i in set().union(*ids))

@@ -97,9 +97,12 @@ def scene_mm() -> np.ndarray:
     return depth
 
 
-def send_frame(peer, publishers, recordings, index: int, depth: np.ndarray, depth_offset_ns: int = 0):
-    """Frame ``index`` with its camera_info and depth (``depth_offset_ns`` from its stamp) until answered."""
+def send_frame(peer, publishers, recordings, index: int, depth: np.ndarray, depth_offset_ns: int = 0, content: int | None = None):
+    """Frame ``index`` (the image of frame ``content``, default its own) with its camera_info and
+    depth (``depth_offset_ns`` from its stamp) until answered."""
     frame = raw_image(index)
+    if content is not None:
+        frame.data = raw_image(content).data
     messages = [("camera_info", camera_info(frame)), ("depth", depth_image(frame, depth, depth_offset_ns)), ("image", frame)]
     deadline = time.monotonic() + answer_timeout()
     while not answered(recordings["info"], index) and time.monotonic() < deadline:
@@ -215,3 +218,97 @@ def test_bad_depth_is_logged_and_skipped(node, peer, topics):
     assert not answered(recordings["info"], 140)
     frame = send_frame(peer, publishers, recordings, 141, scene_mm())
     assert output_of(peer, recordings["points"], frame) is not None and node.process.poll() is None
+
+
+# -- objects: segments as detections, 3D boxes, instance ids, the organized cloud -----------------
+
+
+def set_parameter(peer, name: str, value) -> None:
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    client = peer.node.create_client(SetParameters, f"/{NAMESPACE}/ovseg/set_parameters")
+    result = peer.call(client, SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])).results[0]
+    assert result.successful, result.reason
+
+
+@pytest.fixture(scope="module")
+def objects(node, peer, topics):
+    """Recordings of the segment topics (subscribing to them is what makes the node compute segments)."""
+    from vision_msgs.msg import Detection2DArray, Detection3DArray
+
+    recordings = {
+        "detections": peer.record(f"/{NAMESPACE}/segmentation/detections", Detection2DArray),
+        "detections_3d": peer.record(f"/{NAMESPACE}/segmentation/detections_3d", Detection3DArray),
+        "instances": peer.record(f"/{NAMESPACE}/segmentation/instances", Image),
+        "confidence": peer.record(f"/{NAMESPACE}/segmentation/confidence", Image),
+    }
+    for topic in ("detections", "detections_3d", "instances", "confidence"):
+        assert peer.wait_for(lambda topic=topic: peer.node.count_publishers(f"/{NAMESPACE}/segmentation/{topic}") > 0, 10.0)
+    time.sleep(1.0)  # the node looks up subscribers per frame: let discovery reach it
+    return recordings
+
+
+def test_detections_are_the_segments_of_the_published_labels_with_3d_boxes_and_stable_ids(node, peer, topics, objects):
+    """The node's detections equal the engine's segments of the label and confidence images it
+    published for the same frame, with the depth sent; a repeated frame keeps every id, and the
+    instance image holds those ids where the segments are."""
+    from ovseg_ros.engine.points import PinholeIntrinsics
+    from ovseg_ros.engine.segments import SegmentSettings, find_segments
+
+    recordings, publishers = topics
+    depth = scene_mm()
+    first = send_frame(peer, publishers, recordings, 150, depth)
+    second = send_frame(peer, publishers, recordings, 151, depth, content=150)
+    detections = [output_of(peer, objects["detections"], frame) for frame in (first, second)]
+    detections_3d = output_of(peer, objects["detections_3d"], first)
+    instances = output_of(peer, objects["instances"], first)
+    label_msg, confidence_msg = output_of(peer, recordings["label"], first), output_of(peer, objects["confidence"], first)
+    assert None not in (*detections, detections_3d, instances, label_msg, confidence_msg), node.log_text()[-2000:]
+    labels = np.frombuffer(bytes(label_msg.data), np.uint8).reshape(HEIGHT, WIDTH)
+    scores = np.frombuffer(bytes(confidence_msg.data), np.uint8).reshape(HEIGHT, WIDTH)
+    names = ("wall", "floor", "box")
+    expected = find_segments(labels, scores, names, SegmentSettings(), depth=depth, intrinsics=PinholeIntrinsics(FX, FY, CX, CY, WIDTH, HEIGHT))
+    assert expected, "the random model labels something"
+
+    got = detections[0].detections
+    assert detections[0].header == first.header and len(got) == len(expected)
+    for detection, segment in zip(got, expected):
+        hypothesis = detection.results[0].hypothesis
+        assert hypothesis.class_id == names[segment.class_id]
+        assert hypothesis.score == pytest.approx(segment.mean_score, abs=1e-6)
+        x, y, w, h = segment.box_px
+        assert (detection.bbox.size_x, detection.bbox.size_y) == (w, h)
+        assert (detection.bbox.center.position.x, detection.bbox.center.position.y) == pytest.approx((x + (w - 1) / 2, y + (h - 1) / 2))
+    ids = [detection.id for detection in got]
+    assert all(ids) and len(set(ids)) == len(ids)
+    assert [detection.id for detection in detections[1].detections] == ids, "the same frame again keeps every id"
+
+    boxed = [segment for segment in expected if segment.box3d is not None]
+    assert detections_3d.header == first.header and len(detections_3d.detections) == len(boxed) > 0
+    for detection, segment in zip(detections_3d.detections, boxed):
+        assert detection.results[0].hypothesis.class_id == names[segment.class_id]
+        center = detection.bbox.center.position
+        assert (center.x, center.y, center.z) == pytest.approx(tuple(segment.box3d.center), abs=1e-4)
+        assert (detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z) == pytest.approx(tuple(segment.box3d.size), abs=1e-4)
+        assert 0.8 - 1e-3 <= center.z <= 2.5, "inside the scene's depth range (metres)"
+
+    instance_ids = np.frombuffer(bytes(instances.data), np.uint16).reshape(HEIGHT, WIDTH)
+    assert instances.encoding == "mono16" and set(np.unique(instance_ids)) - {0} == {int(i) for i in ids}
+
+
+def test_points_organized_is_pixel_aligned_with_nan_where_there_is_no_depth(node, peer, topics):
+    recordings, publishers = topics
+    set_parameter(peer, "points_organized", True)
+    try:
+        frame = send_frame(peer, publishers, recordings, 160, scene_mm())
+        cloud = output_of(peer, recordings["points"], frame)
+    finally:
+        set_parameter(peer, "points_organized", False)
+    assert cloud is not None and (cloud.height, cloud.width, cloud.is_dense, cloud.row_step) == (HEIGHT, WIDTH, False, WIDTH * 24)
+    records = np.frombuffer(bytes(cloud.data), np.float32).reshape(HEIGHT, WIDTH, 6)
+    z = records[..., 2]
+    assert np.isnan(z[:10]).all(), "no measurement in the top rows: NaN, at their pixels"
+    assert np.allclose(z[10:], scene_mm()[10:] / 1000.0, atol=1e-6), "stride 1: every pixel with depth, where it is"
+    v, u = 70, 120
+    assert records[v, u, 0] == pytest.approx((u - CX) * z[v, u] / FX, abs=1e-5)

@@ -11,8 +11,6 @@ from ovseg_ros.engine.points import back_project, class_summary
 from ovseg_ros.engine.segments import Segment, SegmentSettings, find_segments, instance_image
 from object_scenes import BOX, CAMERA, CHAIR, FLOOR, HEIGHT, NAMES, PERSON, WALL, WALL_Z, WIDTH, Face, points_of, render, scores_of
 
-pytestmark = pytest.mark.usefixtures("time_limit")
-TIME_LIMIT_S = 30.0
 MM = 1e-3
 NEAR_BOX = Face(BOX, (-0.9, -0.3), (-0.2, 0.4), 1.5)
 FAR_BOX = Face(BOX, (0.2, 0.8), (-0.5, 0.3), 2.5)

@@ -8,8 +8,6 @@ from ovseg_ros.engine.segments import Segment, find_segments
 from ovseg_ros.engine.tracking import SegmentTracker
 from object_scenes import BOX, CHAIR, HEIGHT, NAMES, PERSON, WIDTH, Face, render, scores_of
 
-pytestmark = pytest.mark.usefixtures("time_limit")
-TIME_LIMIT_S = 30.0
 SIZE = (HEIGHT, WIDTH)
 
 

@@ -2,7 +2,7 @@
 
     python -m ovseg_ros.commands.label_bag IN OUT [--model NAME] [--weights PATH] [--device DEV]
         [--vocabulary CLASS [CLASS ...] | --vocabulary-file FILE] [--topics TOPIC [TOPIC ...]]
-        [--outputs label,info,class_map,color,overlay,confidence,points] [--depth-topic [IMAGE_TOPIC=]TOPIC]
+        [--outputs label,info,class_map,color,overlay,confidence,points,detections,detections_3d,...] [--depth-topic [IMAGE_TOPIC=]TOPIC]
         [--camera-info-topic [IMAGE_TOPIC=]TOPIC] [--depth-slop-s S] [--points-stride N] [--points-min-score S]
         [--batch N] [--storage mcap|sqlite3] [--overwrite]
 
@@ -21,6 +21,9 @@ Outputs (``--outputs``; default label, info, class_map):
     class_map   <ns>/segmentation/label_info   ovseg_ros/ClassMap, transient local: once per camera
     color, overlay, confidence                 <ns>/segmentation/<name>, sensor_msgs/Image
     points      <ns>/segmentation/points       sensor_msgs/PointCloud2 (x, y, z, rgb, score, label), with depth
+    detections  <ns>/segmentation/detections   vision_msgs/Detection2DArray: a segment each (class, score, box, track id)
+    detections_3d, detection_markers           vision_msgs/Detection3DArray and their MarkerArray, with depth
+    instances   <ns>/segmentation/instances    sensor_msgs/Image mono16, the segments' track ids
 
 ``points`` pairs each frame with the depth image (``--depth-topic``, registered to the
 colour camera, 16UC1 mm or 32FC1 m) and the camera_info (``--camera-info-topic``) nearest
@@ -81,8 +84,14 @@ OUTPUTS = {
     "overlay": ("segmentation/overlay", "sensor_msgs/msg/Image"),
     "confidence": ("segmentation/confidence", "sensor_msgs/msg/Image"),
     "points": ("segmentation/points", "sensor_msgs/msg/PointCloud2"),
+    "detections": ("segmentation/detections", "vision_msgs/msg/Detection2DArray"),
+    "detections_3d": ("segmentation/detections_3d", "vision_msgs/msg/Detection3DArray"),
+    "detection_markers": ("segmentation/detection_markers", "visualization_msgs/msg/MarkerArray"),
+    "instances": ("segmentation/instances", "sensor_msgs/msg/Image"),
 }
 DEFAULT_OUTPUTS = ("label", "info", "class_map")
+#: Outputs that pair each frame with its depth image and camera_info.
+DEPTH_OUTPUTS = frozenset({"points", "detections_3d", "detection_markers"})
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 EXIT_OUT_EXISTS = 2
 #: ``--batch`` on CUDA for a model that batches (SAN, SED).
@@ -176,7 +185,7 @@ class BagCamera:
             writer.write(connections["class_map"], timestamp, serialize_message(class_map_msg(outputs.vocabulary, header.stamp)))
             self.class_map_version = outputs.vocabulary.version
         messages = frame_messages(header, outputs, model)
-        for name in ("label", "color", "overlay", "confidence", "points", "info"):
+        for name in ("label", "color", "overlay", "confidence", "points", "detections", "detections_3d", "detection_markers", "instances", "info"):
             msg = getattr(messages, name)
             if name in connections and msg is not None:  # a frame without depth has no points
                 writer.write(connections[name], timestamp, serialize_message(msg))
@@ -414,12 +423,13 @@ def label_bag(
     request = OutputRequest(
         color="color" in outputs, overlay="overlay" in outputs, confidence="confidence" in outputs, overlay_alpha=overlay_alpha,
         points="points" in outputs, points_stride=points_stride, points_min_score=points_min_score,
+        segments=bool({"detections", "detections_3d", "detection_markers", "instances"} & set(outputs)), instances="instances" in outputs,
     )
     summary = LabelingSummary()
     with Reader(in_bag) as reader, ExitStack() as partner_bag:
         chosen = choose_image_topics(reader.connections, topics, (depth_topics or {}).values())
         partners: dict[str, DepthPartners] = {}
-        if "points" in outputs:  # each camera's frames pair with its depth images and camera_infos
+        if DEPTH_OUTPUTS & set(outputs):  # each camera's frames pair with its depth images and camera_infos
             pairs = choose_depth_partners(reader.connections, chosen, depth_topics or {}, camera_info_topics or {})
             partners = index_depth_partners(reader, partner_bag.enter_context(Reader(in_bag)), pairs, depth_slop_s)
         plugin = STORAGES[storage or storage_of(in_bag)]
@@ -592,8 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.in_bag} does not exist")
     if args.points_stride < 1 or args.depth_slop_s < 0:
         parser.error(f"--points-stride must be at least 1 and --depth-slop-s not negative (got {args.points_stride}, {args.depth_slop_s})")
-    if (args.depth_topic or args.camera_info_topic) and "points" not in outputs:
-        parser.error("--depth-topic and --camera-info-topic are for --outputs ...,points")
+    if (args.depth_topic or args.camera_info_topic) and not DEPTH_OUTPUTS & set(outputs):
+        parser.error(f"--depth-topic and --camera-info-topic are for --outputs with {' or '.join(sorted(DEPTH_OUTPUTS))}")
     if args.batch < 0:
         parser.error(f"--batch must be at least 1 (0: the default), not {args.batch}")
     staging = _prepare_out(args.out_bag, args.in_bag, args.overwrite)
@@ -638,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"offline: {summary.frames_labeled}/{summary.frames_total} frames labeled into {args.out_bag}, "
         f"{summary.frames_per_s:.2f} frames/s; {len(summary.skipped)} skipped; {summary.messages_copied} input messages copied"
-        + (f"; {len(summary.without_depth)} frames without depth" if "points" in outputs else "")
+        + (f"; {len(summary.without_depth)} frames without depth" if DEPTH_OUTPUTS & set(outputs) else "")
     )
     if summary.without_depth:
         print(f"label_bag: labeled without a cloud, e.g. {summary.without_depth[0]}", file=sys.stderr)

@@ -44,8 +44,10 @@ from ovseg_ros.engine.image_codec import decode_compressed, decode_image
 from ovseg_ros.engine.cer_budget import CerBudget
 from ovseg_ros.models.base import stage
 from ovseg_ros.models.scores import ClassScores
-from ovseg_ros.engine.points import ClassPoints, PinholeIntrinsics, back_project, class_summary, decode_depth, points_of
+from ovseg_ros.engine.points import POINT_DTYPE, ClassPoints, PinholeIntrinsics, back_project, class_summary, decode_depth, organized_points, points_of
 from ovseg_ros.engine.rendering import Renderer
+from ovseg_ros.engine.segments import Segment, SegmentSettings, find_segments, instance_image
+from ovseg_ros.engine.tracking import SegmentTracker
 from ovseg_ros.engine.segmenter import Segmenter
 from ovseg_ros.engine.smoothing import TemporalSmoother
 from ovseg_ros.engine.vocabulary import Vocabulary, VocabularyManager
@@ -110,6 +112,13 @@ class OutputRequest:
     points: bool = False
     points_stride: int = 2
     points_min_score: float = 0.0
+    #: The cloud pixel-aligned instead: (H, W) records, stride 1, x/y/z NaN where there is no point.
+    points_organized: bool = False
+    #: The frame's segments (connected regions per class, stuff classes whole), with their
+    #: scores, a 3D box for a frame with depth, and a track id (:mod:`~ovseg_ros.engine.segments`).
+    segments: bool = False
+    #: With segments: the (H, W) uint16 image of their track ids (0 = none).
+    instances: bool = False
 
 
 @dataclass
@@ -125,9 +134,11 @@ class FrameOutputs:
         confidence: (H, W) uint8, winning score x 255, when requested.
         masks: class id -> (H, W) uint8 (255 = class), for the requested ids.
         points: (N,) :data:`~ovseg_ros.engine.points.POINT_DTYPE` records (x, y, z, rgb, score,
-            label), when requested and the frame has depth.
+            label), when requested and the frame has depth; (H, W) records when organized.
         class_points: the 3D summary of the present classes (parallel to
             ``present_class_ids``), for a frame with depth.
+        segments: the frame's segments with their track ids, when requested (ordered by class,
+            then first pixel); instances: (H, W) uint16 their track ids (0 = none), when requested.
         cer_topk: CER's K that this frame ran with (0: off, or a model without CER).
         smoothing_reset: why temporal smoothing restarted at this frame, or None.
         timings_ms: ``decode``, ``preprocess`` (upload, resize), ``model``, ``postprocess``
@@ -144,6 +155,8 @@ class FrameOutputs:
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     points: np.ndarray | None = None
     class_points: ClassPoints | None = None
+    segments: list[Segment] | None = None
+    instances: np.ndarray | None = None
     cer_topk: int = 0
     smoothing_reset: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -219,7 +232,8 @@ class PreparedFrame:
     ready: torch.cuda.Event | None  # CUDA: the upload stream's work for this frame is queued before it
     depth: torch.Tensor | None = None  # (H_d, W_d) uint16 mm or float32 m on the device
     intrinsics: PinholeIntrinsics | None = None
-    source: str = ""  # the camera: its frames are smoothed with its own past
+    source: str = ""  # the camera: its frames are smoothed (and tracked) with its own past
+    host_depth: np.ndarray | None = None  # the decoded depth image, for segments' 3D boxes on the host
 
 
 @dataclass
@@ -240,6 +254,11 @@ class InferredFrame:
     done: torch.cuda.Event | None
     device_points: torch.Tensor | None = None
     slot: int = 0
+    request: OutputRequest = OutputRequest()
+    stamp_s: float = 0.0
+    source: str = ""
+    host_depth: np.ndarray | None = None  # with the intrinsics, for the segments' 3D boxes
+    intrinsics: PinholeIntrinsics | None = None
 
 
 class FramePipeline:
@@ -297,6 +316,10 @@ class FramePipeline:
             self._downloads = PinnedRing(OUTPUT_RING)
         self._frames_prepared = 0
         self._frames_inferred = 0
+        #: What makes a segment (settable at run time; read per frame).
+        self.segment_settings = SegmentSettings()
+        #: Track ids of each camera's segments, in frame order (finish).
+        self.tracker = SegmentTracker()
 
     # -- stages ---------------------------------------------------------------------
 
@@ -322,7 +345,7 @@ class FramePipeline:
                 model_input = self.segmenter.preprocess(pixels)
             clock.mark("preprocess")
             device_depth = torch.from_numpy(depth_pixels) if depth_pixels is not None else None
-            return PreparedFrame(rgb, pixels, model_input, clock, None, device_depth, intrinsics, source)
+            return PreparedFrame(rgb, pixels, model_input, clock, None, device_depth, intrinsics, source, depth_pixels)
 
         slot = self._frames_prepared % 2
         self._frames_prepared += 1
@@ -344,7 +367,7 @@ class FramePipeline:
             clock.mark("preprocess", self._upload_stream)
             ready = torch.cuda.Event()
             ready.record(self._upload_stream)
-        return PreparedFrame(rgb, pixels, model_input, clock, ready, device_depth, intrinsics, source)
+        return PreparedFrame(rgb, pixels, model_input, clock, ready, device_depth, intrinsics, source, depth_pixels)
 
     @torch.inference_mode()
     def infer(self, prepared: PreparedFrame, stamp_s: float, request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None) -> InferredFrame:
@@ -372,6 +395,10 @@ class FramePipeline:
             class_points = ClassPoints.from_summary(host["class_summary"], present_class_ids)
         if inferred.device_points is not None:
             points = points_of(self._compact_points_to_host(inferred), int(host["points_count"][0]))
+        elif "organized_points" in host:
+            points = host["organized_points"].view(POINT_DTYPE)[..., 0]
+        segments = self._segments(inferred, labels, present_class_ids) if inferred.request.segments else None
+        instances = instance_image(segments, *labels.shape) if segments is not None and inferred.request.instances else None
         return FrameOutputs(
             labels=labels.view(np.uint16) if labels.dtype == np.int16 else labels,  # ids >= 32768 travel wrapped
             vocabulary=inferred.vocabulary,
@@ -379,14 +406,27 @@ class FramePipeline:
             present_class_ids=present_class_ids,
             color=host.get("color"),
             overlay=host.get("overlay"),
-            confidence=host.get("confidence"),
+            confidence=host.get("confidence") if inferred.request.confidence else None,
             masks=dict(zip(inferred.mask_ids, host["masks"])) if inferred.mask_ids else {},
             points=points,
             class_points=class_points,
+            segments=segments,
+            instances=instances,
             cer_topk=inferred.cer_topk,
             smoothing_reset=inferred.smoothing_reset,
             timings_ms=timings,
         )
+
+    def _segments(self, inferred: InferredFrame, labels: np.ndarray, present_class_ids: np.ndarray) -> list[Segment]:
+        """The frame's segments on the host (labels and scores are there already), with their
+        3D boxes from the decoded depth and their track ids (frames finish in order)."""
+        labels = labels.view(np.uint16) if labels.dtype == np.int16 else labels
+        segments = find_segments(
+            labels, inferred.host["confidence"], inferred.vocabulary.names, self.segment_settings,
+            present_class_ids=present_class_ids, depth=inferred.host_depth, intrinsics=inferred.intrinsics,
+        )  # fmt: skip
+        self.tracker.update(segments, inferred.stamp_s, inferred.vocabulary.version, labels.shape, inferred.source)
+        return segments
 
     def process(
         self, image: ImageData, stamp_s: float, request: OutputRequest = OutputRequest(), vocabulary: Vocabulary | None = None, depth: DepthData | None = None
@@ -556,7 +596,7 @@ class FramePipeline:
                     device_outputs["color"] = color
                 if request.overlay:
                     device_outputs["overlay"] = renderer.overlay(prepared.image, color, request.overlay_alpha)
-            if request.confidence:
+            if request.confidence or request.segments:  # segments take their scores from it, on the host
                 device_outputs["confidence"] = renderer.confidence(confidence)
             mask_ids = list(request.masks) if request.masks_version == vocabulary.version else []
             if mask_ids:
@@ -568,14 +608,18 @@ class FramePipeline:
                         labels, confidence, prepared.image, prepared.depth, prepared.intrinsics, len(vocabulary.names), request.points_stride, request.points_min_score
                     )
                     device_outputs["class_summary"] = class_summary(cloud)
-                if request.points:
+                if request.points and request.points_organized:
+                    device_outputs["organized_points"] = organized_points(
+                        labels, confidence, prepared.image, prepared.depth, prepared.intrinsics, request.points_min_score
+                    )
+                elif request.points:
                     device_outputs["points_count"] = cloud.count
         prepared.clock.mark("postprocess")
         with stage("download"):
             host = {name: self._to_host(tensor, name, slot) for name, tensor in device_outputs.items()}
         prepared.clock.mark("download")
-        device_points = cloud.records if cloud is not None and request.points else None
-        return InferredFrame(host, vocabulary, mask_ids, cer_topk or 0, smoothing_reset, prepared.clock, None, device_points, slot)
+        device_points = cloud.records if cloud is not None and request.points and not request.points_organized else None
+        return InferredFrame(host, vocabulary, mask_ids, cer_topk or 0, smoothing_reset, prepared.clock, None, device_points, slot, request, stamp_s, prepared.source, prepared.host_depth, prepared.intrinsics)
 
     def _to_host(self, tensor: torch.Tensor, name: str, slot: int) -> np.ndarray:
         """A host array of ``tensor``: on CUDA a queued copy into a pinned buffer; on the CPU a view."""

@@ -206,6 +206,12 @@ def instance_image(segments: list[Segment], height: int, width: int) -> np.ndarr
     return image
 
 
+def stuff_classes(names: list[str] | tuple[str, ...]) -> frozenset[str]:
+    """The :attr:`SegmentSettings.stuff_classes` of a list of names as users type them (case and
+    surrounding spaces ignored, as when a class name is matched against them)."""
+    return frozenset(name.strip().lower() for name in names if name.strip())
+
+
 @lru_cache(maxsize=16)
 def _stuff_class_ids(class_names: tuple[str, ...], stuff_classes: frozenset[str]) -> frozenset[int]:
     """Ids of the classes of which the name or a synonym (``"floor, ground"``) is a stuff class."""

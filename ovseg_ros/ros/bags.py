@@ -18,12 +18,21 @@ SAMPLE_TOPIC = "/camera/image_raw"
 SAMPLE_FRAME_ID = "camera_optical_frame"
 
 
-def typestore(msg_dir: Path | None = None) -> Typestore:
-    """ROS 2 Kilted message types, plus ``ovseg_ros/msg/*`` from ``msg_dir`` when given."""
+def typestore(msg_dir: Path | None = None, packages: tuple[str, ...] = ("vision_msgs",)) -> Typestore:
+    """ROS 2 Kilted message types, the message types of ``packages`` that rosbags does not ship
+    (from their installed ``share/<package>/msg``, found by the ament index), and
+    ``ovseg_ros/msg/*`` from ``msg_dir`` when given."""
+    from ament_index_python.packages import get_package_share_directory
+
     store = get_typestore(Stores.ROS2_KILTED)
+    folders = [(package, Path(get_package_share_directory(package)) / "msg") for package in packages]
     if msg_dir is not None:
-        for path in sorted(Path(msg_dir).glob("*.msg")):
-            store.register(get_types_from_msg(path.read_text(), f"ovseg_ros/msg/{path.stem}"))
+        folders.append(("ovseg_ros", Path(msg_dir)))
+    types = {}
+    for package, folder in folders:
+        for path in sorted(folder.glob("*.msg")):
+            types.update(get_types_from_msg(path.read_text(), f"{package}/msg/{path.stem}"))
+    store.register(types)
     return store
 
 

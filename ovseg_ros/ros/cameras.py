@@ -14,6 +14,8 @@ from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from vision_msgs.msg import Detection2DArray, Detection3DArray
+from visualization_msgs.msg import MarkerArray
 
 from ovseg_ros.engine.frame_pipeline import OutputRequest
 from ovseg_ros.engine.frame_stats import FrameStats
@@ -92,6 +94,10 @@ class CameraIO:
     info_pub: object = None
     camera_info_pub: object = None
     points_pub: object = None
+    detections_pub: object = None
+    detections_3d_pub: object = None
+    detection_markers_pub: object = None
+    instances_pub: object = None
     entities: list = field(default_factory=list)  # its publishers and subscriptions, destroyed on release
 
     @property
@@ -107,6 +113,15 @@ class CameraIO:
         self.info_pub = self._publisher(node, SegmentationInfo, out + "info")
         self.camera_info_pub = self._publisher(node, CameraInfo, out + "camera_info") if inputs.paired else None
         self.points_pub = self._publisher(node, PointCloud2, out + "points") if inputs.use_depth else None
+        self.detections_pub = self._publisher(node, Detection2DArray, out + "detections")
+        self.instances_pub = self._publisher(node, Image, out + "instances")
+        self.detections_3d_pub = self._publisher(node, Detection3DArray, out + "detections_3d") if inputs.use_depth else None
+        self.detection_markers_pub = self._publisher(node, MarkerArray, out + "detection_markers") if inputs.use_depth else None
+
+    def object_publishers(self) -> list:
+        """The publishers of the frame's segments (detections, 3D, markers, instance ids) it has."""
+        publishers = (self.detections_pub, self.detections_3d_pub, self.detection_markers_pub, self.instances_pub)
+        return [publisher for publisher in publishers if publisher is not None]
 
     def _publisher(self, node: LifecycleNode, msg_type: type, topic: str):
         publisher = output_publisher(node, msg_type, topic)
@@ -175,6 +190,7 @@ class OutputSettings:
     overlay_alpha: float
     points_stride: int
     points_min_score: float
+    points_organized: bool
 
 
 def output_request(camera: CameraIO, settings: OutputSettings, masks: tuple[int, ...], masks_version: int) -> OutputRequest:
@@ -193,4 +209,8 @@ def output_request(camera: CameraIO, settings: OutputSettings, masks: tuple[int,
         points=camera.points_pub is not None and camera.points_pub.get_subscription_count() > 0,
         points_stride=settings.points_stride,
         points_min_score=settings.points_min_score,
+        points_organized=settings.points_organized,
+        # Segments cost a few ms on the host: only while someone takes detections or instance ids.
+        segments=any(publisher.get_subscription_count() > 0 for publisher in camera.object_publishers()),
+        instances=camera.instances_pub.get_subscription_count() > 0,
     )

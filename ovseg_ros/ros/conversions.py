@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from image_geometry import PinholeCameraModel
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+from vision_msgs.msg import Detection2DArray, Detection3DArray
+from visualization_msgs.msg import MarkerArray
 
 from ovseg_ros.engine.frame_pipeline import CompressedImageData, DepthData, FrameOutputs, ImageData, RawImageData
 from ovseg_ros.engine.image_codec import encode_image, message_bytes
 from ovseg_ros.engine.points import POINT_DTYPE, PinholeIntrinsics
 from ovseg_ros.msg import ClassMap, SegmentationInfo
+from ovseg_ros.ros.detections import box_markers_msg, detections_2d_msg, detections_3d_msg
 from ovseg_ros.ros.topic_names import mask_topic_names
 from ovseg_ros.engine.vocabulary import Vocabulary
 
@@ -61,6 +64,10 @@ class FrameMessages:
     confidence: Image | None = None
     masks: dict[int, Image] = field(default_factory=dict)  # class id -> segmentation/masks/<class>
     points: PointCloud2 | None = None  # segmentation/points
+    detections: Detection2DArray | None = None  # segmentation/detections
+    detections_3d: Detection3DArray | None = None  # segmentation/detections_3d: a frame with depth
+    detection_markers: MarkerArray | None = None  # segmentation/detection_markers: their 3D boxes for rviz
+    instances: Image | None = None  # segmentation/instances: mono16 track ids, 0 = none
 
 
 def frame_messages(header, outputs: FrameOutputs, model: str) -> FrameMessages:
@@ -76,7 +83,19 @@ def frame_messages(header, outputs: FrameOutputs, model: str) -> FrameMessages:
         confidence=optional(outputs.confidence),
         masks={class_id: image_msg(header, mask) for class_id, mask in outputs.masks.items()},
         points=None if outputs.points is None else point_cloud_msg(header, outputs.points),
+        instances=optional(outputs.instances),
+        **(detection_messages(header, outputs) if outputs.segments is not None else {}),
     )
+
+
+def detection_messages(header, outputs: FrameOutputs) -> dict:
+    """The detections of a frame's segments: 2D always, 3D and their markers for a frame with depth."""
+    names = outputs.vocabulary.names
+    messages = {"detections": detections_2d_msg(header, outputs.segments, names)}
+    if outputs.class_points is not None:  # the frame had depth
+        messages["detections_3d"] = detections_3d_msg(header, outputs.segments, names)
+        messages["detection_markers"] = box_markers_msg(header, outputs.segments, names)
+    return messages
 
 
 def image_msg(header, pixels: np.ndarray) -> Image:
@@ -150,19 +169,22 @@ POINT_FIELDS = tuple(
 
 
 def point_cloud_msg(header, points: np.ndarray) -> PointCloud2:
-    """(N,) POINT_DTYPE records -> PointCloud2 with ``header`` (the colour image's)."""
+    """(N,) POINT_DTYPE records -> an unordered PointCloud2 (one row, every point valid); (H, W)
+    records -> an organized one, pixel-aligned with the image (NaN where there is no point,
+    ``is_dense`` false). With ``header`` (the colour image's)."""
     if points.dtype != POINT_DTYPE:
         raise ValueError(f"points must have the POINT_DTYPE layout, not {points.dtype}")
     if sys.byteorder != "little":  # the records are built in the host's word order
         raise RuntimeError("labeled point clouds are built on little-endian hosts only")
     msg = PointCloud2()
     msg.header = header
-    msg.height, msg.width = 1, len(points)
+    organized = points.ndim == 2
+    msg.height, msg.width = points.shape if organized else (1, len(points))
     msg.fields = list(POINT_FIELDS)
     msg.is_bigendian = False
     msg.point_step = POINT_DTYPE.itemsize
-    msg.row_step = POINT_DTYPE.itemsize * len(points)
-    msg.is_dense = True
+    msg.row_step = POINT_DTYPE.itemsize * msg.width
+    msg.is_dense = not organized
     msg.data = message_bytes(np.ascontiguousarray(points))
     return msg
 

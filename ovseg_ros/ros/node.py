@@ -10,7 +10,11 @@ out topics are under its name: front/image, front/segmentation/label, ...):
     segmentation/confidence (sensor_msgs/Image)     mono8, winning score x 255
     segmentation/masks/<class> (sensor_msgs/Image)  mono8 per class, follows the vocabulary
     segmentation/camera_info                        the frame's own camera_info, with the output header
-    segmentation/points (sensor_msgs/PointCloud2)   use_depth: x, y, z, rgb, score, label per valid depth pixel
+    segmentation/points (sensor_msgs/PointCloud2)   use_depth: x, y, z, rgb, score, label per valid depth pixel (or pixel-aligned: points_organized)
+    segmentation/detections (vision_msgs/Detection2DArray)      one per segment: class name, mean score, 2D box, track id
+    segmentation/detections_3d (vision_msgs/Detection3DArray)   use_depth: the segments with a 3D box (robust, optical frame)
+    segmentation/detection_markers (visualization_msgs/MarkerArray)  use_depth: those boxes for rviz
+    segmentation/instances (sensor_msgs/Image)      mono16 track id per pixel, 0 = none
     segmentation/info (ovseg_ros/SegmentationInfo)  per frame: vocabulary version, fractions, latency
     segmentation/label_info (ovseg_ros/ClassMap)    class id -> name, transient local (one for all cameras)
     segmentation/vision_label_info (vision_msgs/LabelInfo)  the same for vision_msgs users
@@ -62,6 +66,7 @@ import signal
 import threading
 import time
 from concurrent import futures
+from dataclasses import replace
 from typing import NamedTuple
 
 import rclpy
@@ -80,6 +85,7 @@ from ovseg_ros.engine.frame_stream import FrameStream, FrameTicket, StreamResult
 from ovseg_ros.engine.image_codec import ImageError
 from ovseg_ros.engine.builder import PipelineSettings, build_pipeline
 from ovseg_ros.engine.segmenter import compile_mode_for_threads
+from ovseg_ros.engine.segments import SegmentSettings, stuff_classes
 from ovseg_ros.engine.vocabulary import Vocabulary, VocabularyError, VocabularyManager, edit_vocabulary
 from ovseg_ros.models.checkpoint import CheckpointError
 from ovseg_ros.ros.cameras import InputSettings, OutputSettings, CameraIO, UnpairedFrames, output_request
@@ -108,7 +114,10 @@ PIPELINE_PARAMETERS = (
     "smoothing", "smoothing_strength", "smoothing_max_gap_s", "palette", "min_score",
 )  # fmt: skip
 #: Parameters that take effect at once (_apply_runtime_parameter); the others are read on configure.
-RUNTIME_PARAMETERS = ("min_score", "cer_topk", "latency_budget_ms", "max_rate_hz", "max_batch", "batch_wait_ms", "smoothing_strength", "smoothing_max_gap_s")
+RUNTIME_PARAMETERS = (
+    "min_score", "cer_topk", "latency_budget_ms", "max_rate_hz", "max_batch", "batch_wait_ms", "smoothing_strength", "smoothing_max_gap_s",
+    "segments_min_area_px", "segments_stuff_classes",
+)  # fmt: skip
 
 
 class FrameTag(NamedTuple):
@@ -299,6 +308,7 @@ class OvsegNode(LifecycleNode):
             compile_mode=compile_mode,
         )
         pipeline, weights = build_pipeline(settings, self._vocabularies)
+        pipeline.segment_settings = SegmentSettings(self._param("segments_min_area_px"), stuff_classes(self._param("segments_stuff_classes")))
         if weights is None:
             self._weights_note = "RANDOM weights: labels are meaningless"
             self.get_logger().warning(
@@ -347,7 +357,7 @@ class OvsegNode(LifecycleNode):
     def _output_request(self, camera: CameraIO, classes: ClassState) -> OutputRequest:
         settings = OutputSettings(
             self._param("publish_color"), self._param("publish_overlay"), self._param("publish_confidence"),
-            self._param("overlay_alpha"), self._param("points_stride"), self._param("points_min_score"),
+            self._param("overlay_alpha"), self._param("points_stride"), self._param("points_min_score"), self._param("points_organized"),
         )  # fmt: skip
         masks = classes.masks[camera.name].subscribed_ids(classes.mask_topics) if self._param("publish_masks") else ()
         return output_request(camera, settings, masks, classes.vocabulary.version)
@@ -423,6 +433,10 @@ class OvsegNode(LifecycleNode):
             pipeline.smoother.strength = value
         elif name == "smoothing_max_gap_s":
             pipeline.smoother.max_gap_s = value
+        elif name == "segments_min_area_px":
+            pipeline.segment_settings = replace(pipeline.segment_settings, min_area_px=value)
+        elif name == "segments_stuff_classes":
+            pipeline.segment_settings = replace(pipeline.segment_settings, stuff_classes=stuff_classes(value))
 
     def _current_vocabulary(self) -> tuple[Vocabulary | None, int]:
         with self._output_lock:
@@ -491,6 +505,10 @@ class OvsegNode(LifecycleNode):
                 camera.camera_info_pub.publish(tag.camera_info)
             if messages.points is not None:
                 camera.points_pub.publish(messages.points)
+            for publisher, msg in ((camera.detections_pub, messages.detections), (camera.detections_3d_pub, messages.detections_3d),
+                                   (camera.detection_markers_pub, messages.detection_markers), (camera.instances_pub, messages.instances)):
+                if msg is not None and publisher is not None:
+                    publisher.publish(msg)
             info = self._with_node_times(messages.info, result, (time.perf_counter() - start) * 1000.0)
             camera.info_pub.publish(info)
         stats.frame_processed(info.end_to_end_ms)

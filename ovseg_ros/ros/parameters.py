@@ -143,6 +143,27 @@ PARAMETERS = (
     ),
     ParameterSpec("points_stride", 2, "With use_depth: one point per points_stride pixels in each points_stride-th row.", min_value=1, max_value=64),
     ParameterSpec("points_min_score", 0.0, "With use_depth: pixels whose best class score is below this give no point.", min_value=0.0, max_value=1000.0),
+    # Objects: segments (connected regions per class) with 2D / 3D boxes and track ids.
+    ParameterSpec(
+        "segments_min_area_px",
+        50,
+        "Segments (segmentation/detections, detections_3d, instances) of fewer pixels are dropped.",
+        min_value=1,
+        max_value=100000000,
+    ),
+    ParameterSpec(
+        "segments_stuff_classes",
+        ["floor", "wall", "ceiling", "sky", "road", "grass"],
+        "Classes that are surfaces, not objects: one segment per class however many pieces it is in (a class matches by its name "
+        "or any of its synonyms, case ignored).",
+    ),
+    ParameterSpec(
+        "points_organized",
+        False,
+        "With use_depth: publish segmentation/points pixel-aligned with the image (height x width, stride 1, NaN where there is "
+        "no point, is_dense false), as image-space consumers (the Nav2 semantic segmentation layer) expect; false: only the valid "
+        "points of every points_stride-th pixel, unordered.",
+    ),
     ParameterSpec("max_rate_hz", 0.0, "Run the model at most this many times per second, each pass taking at most one frame per camera (0 = as fast as the model goes).", min_value=0.0, max_value=1000.0),
     # Outputs. Overlay and mask images are only computed while someone subscribes.
     ParameterSpec("publish_color", True, "Publish segmentation/color (rgb8 class colours)."),
