@@ -1,10 +1,15 @@
-"""Settings and helpers shared by the tests that start the node."""
+"""Settings and helpers shared by the tests that start the node (one place: every node test imports them from here)."""
 
 import os
 import time
 from pathlib import Path
 
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
 from ovseg_ros.commands.node_driver import NodeProcess, Peer
+from ovseg_ros.engine.image_codec import message_bytes
+from ovseg_ros.ros.bags import synthetic_frame
 
 #: A real model in a small configuration, so node tests run on a CPU in seconds per frame.
 TEST_MODEL = "san_tiny_dev"
@@ -113,3 +118,38 @@ class Lifecycle:
         from lifecycle_msgs.srv import GetState
 
         return self._peer.call(self._get, GetState.Request(), timeout).current_state.label
+
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def start(tmp_path, namespace: str, *extra: str, **values: str) -> NodeProcess:
+    values = {"namespace": namespace, "image_topic": f"/{namespace}/image_raw", "model": TEST_MODEL, "device": "cpu", **values}
+    return NodeProcess(values, tmp_path / f"{namespace}.log", extra_args=list(extra))
+
+
+def wait_ready(peer: Peer, node: NodeProcess, topic: str) -> None:
+    ready = peer.wait_for(lambda: peer.node.count_subscribers(topic) > 0 or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
+    assert ready and node.process.poll() is None, node.log_text()[-3000:]
+
+
+def stamped(msg, index: int):
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 2000 + index, 0
+    msg.header.frame_id = "cam"
+    return msg
+
+
+def raw_image(index: int, height: int = 120, width: int = 160) -> Image:
+    msg = stamped(Image(), index)
+    msg.height, msg.width, msg.encoding, msg.step = height, width, "rgb8", width * 3
+    msg.data = message_bytes(synthetic_frame(index, height, width))
+    return msg
+
+
+def answered(recording, index: int) -> bool:
+    return any(m.header.stamp.sec == 2000 + index for m in recording.decoded())
+
+#: README's three-camera launch line (test_node_cameras runs it; test_readme_commands checks README has it).
+THREE_CAMERA_LAUNCH = 'ros2 launch ovseg_ros segment.launch.py image_topics:="[/front/color/image_raw, /left/color/image_raw, /rear/color/image_raw]" cameras:="[front, left, rear]"'
+#: The README's launch lines, run with the test model on the CPU.
+TEST_LAUNCH_ARGUMENTS = [f"model:={TEST_MODEL}", "device:=cpu"]

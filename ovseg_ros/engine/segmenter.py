@@ -16,7 +16,7 @@ authors resize the camera image with PIL (uint8, bilinear) to a 640 short edge b
 model's own torch resizing; we do that first resize with ``torch.nn.functional.interpolate``
 on the device (bilinear, antialiased when shrinking), which avoids a host round trip per
 frame: on the CPU on the uint8 pixels, on CUDA in float rounded to whole values.
-``test/test_segmenter.py`` measures the effect on the ``sed_b_seed1`` fixture (SED-B, seeded
+``test/engine/test_segmenter.py`` measures the effect on the ``sed_b_seed1`` fixture (SED-B, seeded
 weights, 480x640 -> 640x853) on the CPU: probabilities differ by 9.6e-7 on average (1.5e-4
 at most) and 99.996% of the labels agree. The float path measured 2.9e-4 on average and
 98.7% agreement there (random weights make many pixels near-ties).

@@ -13,45 +13,13 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ovseg_ros.ros.bags import synthetic_frame
-from ovseg_ros.commands.node_driver import NodeProcess, Peer
-from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout, resend_until
+from node_settings import NODE_READY_TIMEOUT_S, RELIABLE, answered, answer_timeout, raw_image, resend_until, start, stamped, wait_ready
 
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
 pytestmark = pytest.mark.usefixtures("ros2_tools")
-
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def start(tmp_path, namespace: str, *extra: str, **values: str) -> NodeProcess:
-    values = {"namespace": namespace, "image_topic": f"/{namespace}/image_raw", "model": TEST_MODEL, "device": "cpu", **values}
-    return NodeProcess(values, tmp_path / f"{namespace}.log", extra_args=list(extra))
-
-
-def wait_ready(peer: Peer, node: NodeProcess, topic: str) -> None:
-    ready = peer.wait_for(lambda: peer.node.count_subscribers(topic) > 0 or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
-    assert ready and node.process.poll() is None, node.log_text()[-3000:]
-
-
-def stamped(msg, index: int):
-    msg.header.stamp.sec, msg.header.stamp.nanosec = 2000 + index, 0
-    msg.header.frame_id = "cam"
-    return msg
-
-
-def raw_image(index: int, height: int = 120, width: int = 160) -> Image:
-    msg = stamped(Image(), index)
-    msg.height, msg.width, msg.encoding, msg.step = height, width, "rgb8", width * 3
-    msg.data = message_bytes(synthetic_frame(index, height, width))
-    return msg
-
-
-def answered(recording, index: int) -> bool:
-    return any(m.header.stamp.sec == 2000 + index for m in recording.decoded())
-
 
 def test_compressed_input_with_camera_info(tmp_path, peer):
     node = start(tmp_path, "cam2", "-p", "input_transport:=compressed", "-p", "use_camera_info:=true")

@@ -23,7 +23,7 @@ from ovseg_ros.ros.conversions import intrinsics_from_camera_info, point_cloud_m
 from ovseg_ros.commands import label_bag
 
 from node_settings import TEST_MODEL
-from test_label_bag import HEIGHT, OFFLINE_ARGS, SETTINGS, VOCABULARY, WIDTH, header_key, raw_frame, read_bag, write_bag
+from bag_support import HEIGHT, OFFLINE_ARGS, SETTINGS, VOCABULARY, WIDTH, header_key, raw_frame, read_bag, write_bag
 
 IMAGE_TOPIC, DEPTH_TOPIC, INFO_TOPIC = "/cam/image_raw", "/cam/depth", "/cam/camera_info"
 FX, FY, CX, CY = 100.0, 110.0, 79.5, 59.5

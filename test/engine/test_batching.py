@@ -18,7 +18,7 @@ from ovseg_ros.engine.smoothing import TemporalSmoother
 from ovseg_ros.commands import label_bag
 from ovseg_ros.engine.vocabulary import VocabularyManager
 
-from test_label_bag import COMPRESSED_TOPIC, INFO_TOPIC, OFFLINE_ARGS, RAW_TOPIC, compressed_frame, raw_frame, read_bag, write_bag
+from bag_support import COMPRESSED_TOPIC, INFO_TOPIC, OFFLINE_ARGS, RAW_TOPIC, compressed_frame, raw_frame, read_bag, write_bag
 
 VOCABULARY = ["wall", "floor", "box"]
 CLASSES = ["wall", "floor", "box", "door", "window", "chair", "table", "lamp"]

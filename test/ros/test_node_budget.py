@@ -24,7 +24,7 @@ from ovseg_ros.commands.node_driver import Peer
 from ovseg_ros.engine.vocabulary import load_class_list
 
 from node_settings import counters_add_up, fresh_counters, latest_diagnostics, matched_image_publisher, start_node, wait_until_serving
-from test_node_configs import raw_image
+from node_settings import raw_image
 
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
 pytestmark = pytest.mark.usefixtures("ros2_tools")

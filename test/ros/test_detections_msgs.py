@@ -111,7 +111,7 @@ def test_an_empty_frame_gives_empty_arrays(frame):
 
 
 def test_rviz_layout_shows_the_markers():
-    layout = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "detections.rviz").read_text())
+    layout = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "detections.rviz").read_text())
     displays = {display["Class"]: display for display in layout["Visualization Manager"]["Displays"]}
     markers = displays["rviz_default_plugins/MarkerArray"]
     assert markers["Topic"]["Value"] == "segmentation/detection_markers"

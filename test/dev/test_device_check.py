@@ -18,7 +18,7 @@ from ovseg_dev.device_check import CALL_TIME_LIMITS, FULL, SMALL, STATUSES, Resu
 #: Both calls of the small plan run in the module's fixture (minutes on this CPU).
 pytestmark = pytest.mark.timeout(600)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "device_check.sh"
 
 

@@ -28,7 +28,7 @@ from ros2_cli import SIGTERM_TIMEOUT_ARG, LaunchProcess, in_graph, param_get, ro
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 
-BRINGUP_LAUNCH = Path(__file__).parent / "launch" / "bringup_include.launch.py"
+BRINGUP_LAUNCH = Path(__file__).parents[1] / "launch" / "bringup_include.launch.py"
 # Unique per run: other runs on this machine start ovseg nodes too (in other domains).
 NAMESPACE = f"launchtest{os.getpid()}"
 BRINGUP_NAMESPACE = f"bringup{os.getpid()}"

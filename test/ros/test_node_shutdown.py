@@ -19,7 +19,7 @@ from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
 from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout
-from test_node_configs import raw_image
+from node_settings import raw_image
 
 # launch's default sigterm_timeout: SIGINT, then SIGTERM this long after.
 LAUNCH_SIGTERM_TIMEOUT_S = 5.0

@@ -18,7 +18,7 @@ from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.commands.node_driver import Peer
 
 from node_settings import answer_timeout, latest_diagnostics
-from test_node_configs import RELIABLE, answered, raw_image, start, wait_ready
+from node_settings import RELIABLE, answered, raw_image, start, wait_ready
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 

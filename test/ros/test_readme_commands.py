@@ -19,13 +19,13 @@ from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.ros.launch_config import LAUNCH_ARGUMENTS, bag_play_command
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 
-from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout
+from node_settings import TEST_LAUNCH_ARGUMENTS, NODE_READY_TIMEOUT_S, answer_timeout
 from ros2_cli import LaunchProcess, in_graph, param_get, ros2, shell, show_args, subscriptions_of, wait_until_active
-from test_node_cameras import THREE_CAMERA_LAUNCH
+from node_settings import THREE_CAMERA_LAUNCH
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 LAUNCH = "ros2 launch ovseg_ros segment.launch.py image_topic:=/camera/color/image_raw"
 SHOW_ARGS = "ros2 launch ovseg_ros segment.launch.py --show-args"
 BAG_PLAY = "ros2 bag play <bag> --clock"
@@ -33,7 +33,6 @@ SET_VOCABULARY = 'ros2 service call /ovseg/set_vocabulary ovseg_ros/srv/SetVocab
 PARAM_SET = "ros2 param set /ovseg vocabulary \"[person, 'sofa, couch']\""
 #: What the README's launch line gets here: the small test model on the CPU (the default
 #: model is far too slow for a test).
-TEST_LAUNCH_ARGUMENTS = [f"model:={TEST_MODEL}", "device:=cpu"]
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from ovseg_ros.commands.check_parity import run_case
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 
 
 @pytest.mark.parametrize("case", ["san_b_seed1", "san_l_seed1"])

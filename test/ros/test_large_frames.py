@@ -11,7 +11,7 @@ from sensor_msgs.msg import Image
 from ovseg_ros.msg import SegmentationInfo
 
 from node_settings import answer_timeout, resend_until
-from test_node_configs import answered, raw_image, start, wait_ready
+from node_settings import answered, raw_image, start, wait_ready
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 

@@ -17,7 +17,7 @@ from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
 from node_settings import answer_timeout, latest_diagnostics
-from test_node_configs import answered, raw_image, start, wait_ready
+from node_settings import answered, raw_image, start, wait_ready
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 

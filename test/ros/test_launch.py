@@ -15,7 +15,7 @@ from ament_index_python.packages import get_package_prefix, get_package_share_di
 from ovseg_ros.ros import launch_config
 from ovseg_ros.ros.parameters import PARAMETERS_BY_NAME
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
 
 

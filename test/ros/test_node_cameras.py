@@ -29,6 +29,7 @@ from ovseg_ros.srv import SetVocabulary
 from ovseg_ros.commands.node_driver import NodeProcess, Peer
 
 from node_settings import FRAME_COUNTERS, NODE_READY_TIMEOUT_S, TEST_MODEL, Lifecycle, answer_timeout, counters_add_up, latest_diagnostics, matched_image_publisher
+from node_settings import TEST_LAUNCH_ARGUMENTS, THREE_CAMERA_LAUNCH
 from ros2_cli import LaunchProcess, in_graph, subscriptions_of, wait_until_active
 
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here);
@@ -36,7 +37,6 @@ from ros2_cli import LaunchProcess, in_graph, subscriptions_of, wait_until_activ
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 
 #: The README's launch line for a 3-camera robot (test_readme_commands checks the README shows it).
-THREE_CAMERA_LAUNCH = 'ros2 launch ovseg_ros segment.launch.py image_topics:="[/front/color/image_raw, /left/color/image_raw, /rear/color/image_raw]" cameras:="[front, left, rear]"'
 VOCABULARY = ["wall", "floor", "box"]
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 #: Distinct frames each camera cycles through (made once: the peer's CPU is the model's too).
@@ -332,8 +332,6 @@ def test_vocabulary_change_applies_to_every_camera_from_one_model_pass_on(peer, 
 
 
 def test_readme_three_camera_launch_line(peer, tmp_path):
-    # Imported here: test_readme_commands imports THREE_CAMERA_LAUNCH from this module.
-    from test_readme_commands import TEST_LAUNCH_ARGUMENTS
 
     class_maps = peer.record("/segmentation/label_info", ClassMap, LATCHED)
     left = CameraOutputs(peer, "/left")

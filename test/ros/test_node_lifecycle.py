@@ -21,7 +21,7 @@ from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
 from node_settings import TEST_MODEL, Lifecycle, answer_timeout, counters_add_up, fresh_counters, resend_until, matched_image_publisher, start_node, wait_until_serving
-from test_node_configs import raw_image
+from node_settings import raw_image
 
 NAMESPACE = "lifecycle"
 NODE = f"/{NAMESPACE}/ovseg"
