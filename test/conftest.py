@@ -75,3 +75,16 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "ros2_tools" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.flaky(reruns=DDS_TEST_RERUNS, reruns_delay=2))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """This process's DDS participant goes before the interpreter does (see destroy_participant)."""
+    import sys
+
+    if "rclpy" in sys.modules:
+        import rclpy
+
+        from ovseg_ros.ros.environment import destroy_participant
+
+        rclpy.try_shutdown()
+        destroy_participant()

@@ -153,3 +153,20 @@ def answered(recording, index: int) -> bool:
 THREE_CAMERA_LAUNCH = 'ros2 launch ovseg_ros segment.launch.py image_topics:="[/front/color/image_raw, /left/color/image_raw, /rear/color/image_raw]" cameras:="[front, left, rear]"'
 #: The README's launch lines, run with the test model on the CPU.
 TEST_LAUNCH_ARGUMENTS = [f"model:={TEST_MODEL}", "device:=cpu"]
+
+
+def participant_segments(pid: int) -> set[str]:
+    """The Fast DDS shared-memory segment of process ``pid``'s own participant and its lock file
+    (``/dev/shm/fastdds_<id>`` and ``..._el``, not the ``fastdds_port*`` ones that every
+    participant on a port shares): the owner keeps the lock file open, while it maps the
+    segments of the participants it sends to as well."""
+    segments = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        name = Path(target).name
+        if target.startswith("/dev/shm/fastdds_") and name.endswith("_el") and not name.startswith("fastdds_port"):
+            segments |= {target, target.removesuffix("_el")}
+    return segments

@@ -30,6 +30,7 @@ from sensor_msgs.msg import Image
 
 from ovseg_ros.ros.bags import SAMPLE_TOPIC, typestore, write_sample_bag
 from ovseg_ros.commands import label_bag
+from ovseg_ros.ros.environment import destroy_participant
 from ovseg_ros.commands.node_driver import NodeProcess, Peer, package_share
 from ovseg_ros.models import resolve_weights, weights_dir
 from ovseg_ros.msg import SegmentationInfo
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = node.stop()
         peer.close()
         rclpy.try_shutdown()
+        destroy_participant()
 
     output_bag = args.out / "output_bag"
     shutil.rmtree(output_bag, ignore_errors=True)

@@ -124,6 +124,9 @@ class Peer:
         return future.result()
 
     def close(self) -> None:
+        """Stop spinning and destroy the node; the references go too, so that once rclpy is shut
+        down the participant can be deleted (:func:`~ovseg_ros.ros.environment.destroy_participant`)."""
         self._executor.shutdown()
         self.node.destroy_node()
         self._thread.join(timeout=5.0)
+        self._executor = self.node = self._thread = None

@@ -1,8 +1,11 @@
-"""Environment for running ROS 2 processes in isolation (no rclpy needed to build it)."""
+"""A ROS 2 process's environment: isolation for tests (no rclpy needed to build it), and leaving nothing behind."""
 
 from __future__ import annotations
 
+import gc
+import math
 import random
+import signal
 from pathlib import Path
 
 
@@ -21,3 +24,27 @@ def isolated_ros_environment(ros_home: Path, domain_id: int | None = None) -> di
         "ROS_LOG_DIR": str(ros_home / "log"),
         "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
     }
+
+
+# Deleting the DDS participant at exit takes milliseconds; past this it is deadlocked.
+PARTICIPANT_DELETION_TIMEOUT_S = 5.0
+
+
+def destroy_participant(timeout_s: float = PARTICIPANT_DELETION_TIMEOUT_S) -> None:
+    """Delete this process's DDS participant now, after ``rclpy.try_shutdown()`` and once its nodes
+    and executors are unreferenced: its shared-memory segments (``/dev/shm/fastdds_*``) go with
+    it, while a process that exits without deleting it (``os._exit``, a signal) leaves them
+    behind for good. rclpy's objects hold each other in cycles, so the participant is deleted
+    when the collector frees the last of them: collected here, not at some later point.
+
+    Fast DDS's TCP transport (LARGE_DATA) can deadlock in that deletion while holding the GIL
+    (eProsima/Fast-DDS#6066): an alarm left to its default action then ends the process after
+    ``timeout_s`` whatever the GIL does (exit status 128 + SIGALRM, and the segments stay).
+    """
+    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(max(1, math.ceil(timeout_s)))
+    try:
+        gc.collect()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -92,6 +92,7 @@ from ovseg_ros.ros.cameras import InputSettings, OutputSettings, CameraIO, Unpai
 from ovseg_ros.ros.class_map import ClassMapTopics, ClassState, class_state
 from ovseg_ros.ros.conversions import depth_data, frame_messages, image_data, stamp_ns
 from ovseg_ros.ros.diagnostics import NodeState, SegmentationDiagnostics
+from ovseg_ros.ros.environment import destroy_participant
 from ovseg_ros.ros.node_parameters import declare_parameters, validate_parameters
 from ovseg_ros.ros.topic_names import camera_prefixes
 from ovseg_ros.ros.vocabulary_changes import VocabularyChanges
@@ -565,7 +566,8 @@ def main(args: list[str] | None = None) -> int:
     signals can come while the node shuts down. The first one only writes Python's wake-up
     byte, which the main thread waits for; it then shuts down in order and ignores both
     signals. (rclpy's own handlers would raise KeyboardInterrupt wherever the main thread
-    is, even in the clean-up.)
+    is, even in the clean-up.) Last, the process's DDS participant is deleted
+    (:func:`~ovseg_ros.ros.environment.destroy_participant`), so nothing of it is left in ``/dev/shm``.
     """
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
@@ -574,35 +576,43 @@ def main(args: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: None)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
-        node = OvsegNode()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            node.trigger_activate()
-        failures = []
-
-        def spin() -> None:
-            try:
-                executor.spin()
-            except ExternalShutdownException:
-                pass
-            except Exception as exc:  # a callback raised: report it and stop
-                failures.append(exc)
-                node.get_logger().fatal(f"executor stopped: {type(exc).__name__}: {exc}")
-            finally:
-                os.write(wake_write, b"\0")
-
-        threading.Thread(target=spin, name="ovseg-executor", daemon=True).start()
-        wake = os.read(wake_read, 1)[0]
-        # Ignored from now on, also once Python's own handlers are gone at interpreter exit.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
-        node.get_logger().info(f"{signal.Signals(wake).name if wake else 'executor stopped'}: shutting down")
-        node.begin_shutdown()  # a callback waiting for a vocabulary change answers now
-        executor.shutdown(wait_for_threads=True)  # the callbacks running finish, answers go out
-        if not node.finalized:  # else a lifecycle manager shut it down already
-            node.trigger_shutdown()
-        node.destroy_node()
+        failed = _run_until_signal(wake_read, wake_write)
     finally:
         rclpy.try_shutdown()
-    return 1 if failures else 0
+        destroy_participant()
+    return 1 if failed else 0
+
+
+def _run_until_signal(wake_read: int, wake_write: int) -> bool:
+    """The node and its executor, from start-up to an orderly shutdown; True if the executor
+    failed. Its objects are gone when it returns (the participant lives as long as they do)."""
+    node = OvsegNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+        node.trigger_activate()
+    failures = []
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+        except Exception as exc:  # a callback raised: report it and stop
+            failures.append(exc)
+            node.get_logger().fatal(f"executor stopped: {type(exc).__name__}: {exc}")
+        finally:
+            os.write(wake_write, b"\0")
+
+    threading.Thread(target=spin, name="ovseg-executor", daemon=True).start()
+    wake = os.read(wake_read, 1)[0]
+    # Ignored from now on, also once Python's own handlers are gone at interpreter exit.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    node.get_logger().info(f"{signal.Signals(wake).name if wake else 'executor stopped'}: shutting down")
+    node.begin_shutdown()  # a callback waiting for a vocabulary change answers now
+    executor.shutdown(wait_for_threads=True)  # the callbacks running finish, answers go out
+    if not node.finalized:  # else a lifecycle manager shut it down already
+        node.trigger_shutdown()
+    node.destroy_node()
+    return bool(failures)

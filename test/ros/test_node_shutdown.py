@@ -9,6 +9,7 @@ hit 4 runs in 6, so each way runs several times (the nodes of one round run at o
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -19,7 +20,7 @@ from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
 from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout
-from node_settings import raw_image
+from node_settings import participant_segments, raw_image
 
 # launch's default sigterm_timeout: SIGINT, then SIGTERM this long after.
 LAUNCH_SIGTERM_TIMEOUT_S = 5.0
@@ -73,6 +74,7 @@ def test_shutdown_is_clean_under_repeated_sigint_and_sigterm(tmp_path, peer, rou
     try:
         infos = {namespace: peer.record(f"/{namespace}/segmentation/info", SegmentationInfo) for namespace in nodes}
         wait_ready(peer, nodes)
+        segments = {namespace: participant_segments(node.process.pid) for namespace, node in nodes.items()}
         publishers = [peer.node.create_publisher(Image, f"/{namespace}/image_raw", RELIABLE) for namespace in nodes]
 
         def stream():
@@ -105,6 +107,10 @@ def test_shutdown_is_clean_under_repeated_sigint_and_sigterm(tmp_path, peer, rou
     assert all(seconds < LAUNCH_SIGTERM_TIMEOUT_S for _, seconds in results.values()), report
     for namespace, node in nodes.items():
         assert clean_log(node.log_text()), f"{namespace}:\n{node.log_text()[-2000:]}"
+    # Each node deleted its DDS participant on the way out: nothing of it stays in /dev/shm.
+    assert all(segments.values()), segments
+    left = {namespace: [path for path in paths if Path(path).exists()] for namespace, paths in segments.items()}
+    assert not any(left.values()), left
 
 
 def test_vocabulary_change_in_flight_at_shutdown_answers_failure(tmp_path, peer):
