@@ -7,6 +7,7 @@ frames to it, records what it publishes (raw CDR, ready for a bag) and calls its
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -30,6 +31,19 @@ def package_share() -> Path:
     return Path(get_package_share_directory(PACKAGE))
 
 
+#: prctl(PR_SET_PDEATHSIG): the kernel signals a child when the process that started it dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent() -> None:
+    """In the node's process before exec: SIGTERM it (an orderly stop) if whoever started it dies
+    without stopping it (a test run killed at its time limit), so no node outlives its driver."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+
 class NodeProcess:
     """The installed ``ovseg_node`` running as a separate process.
 
@@ -45,7 +59,9 @@ class NodeProcess:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.process = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, preexec_fn=_end_with_parent
+        )
 
     def log_text(self) -> str:
         if not self._log.closed:
