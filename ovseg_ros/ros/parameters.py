@@ -1,12 +1,17 @@
 """Every parameter of the ovseg node, declared in one place.
 
-Kept free of rclpy so the launch file, the tests and the documentation check
-(``config/segment.yaml`` must document each of these) can read it anywhere.
+Kept free of rclpy so the launch file, the tests and the documentation can read it anywhere.
+``config/segment.yaml`` is generated from these declarations (``python -m
+ovseg_ros.ros.parameters > config/segment.yaml``); a test checks it is up to date.
 """
 
 from __future__ import annotations
 
+import sys
+import textwrap
 from dataclasses import dataclass
+
+import yaml
 
 
 @dataclass(frozen=True)
@@ -177,3 +182,40 @@ PARAMETERS = (
 )
 
 PARAMETERS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
+
+PARAMS_FILE_HEADER = """\
+# Parameters of the ovseg node (ros2 launch ovseg_ros segment.launch.py params_file:=...).
+# Generated from ovseg_ros/ros/parameters.py (python -m ovseg_ros.ros.parameters > config/segment.yaml).
+# Every parameter the node declares is listed with its default. Configure-time ones take
+# effect when the node is configured (start-up, or lifecycle cleanup + configure) and can be
+# set only while it is unconfigured; the others at once (`ros2 param set`).
+# `ros2 param describe /ovseg <name>` prints the same descriptions.
+/**:
+  ros__parameters:
+"""
+
+
+def documentation(spec: ParameterSpec) -> str:
+    """A parameter's description with its choices, when it is read and its range."""
+    text = spec.description
+    if spec.choices:
+        text += f" One of: {', '.join(spec.choices)}."
+    if spec.configure_time:
+        text += " Configure-time."
+    if spec.min_value is not None:
+        text += f" Range {spec.min_value:g}..{spec.max_value:g}."
+    return text
+
+
+def params_file_text() -> str:
+    """``config/segment.yaml``: every parameter with its default, its documentation as a comment."""
+    lines = [PARAMS_FILE_HEADER.rstrip("\n")]
+    for spec in PARAMETERS:
+        lines += textwrap.wrap(documentation(spec), width=96, initial_indent="    # ", subsequent_indent="    # ", break_on_hyphens=False)
+        value = yaml.safe_dump([spec.default], default_flow_style=True, width=1000).strip()[1:-1]  # flow style, quoted where YAML needs it
+        lines.append(f"    {spec.name}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(params_file_text())

@@ -142,3 +142,11 @@ def test_camera_arguments_that_do_not_match_are_refused():
             launch_config.camera_topics(values)
     with pytest.raises(ValueError, match="'2cam'"):
         launch_config.camera_topics({"cameras": "[2cam]"})
+
+
+def test_params_file_is_generated_from_the_declarations():
+    """config/segment.yaml documents every parameter with its declared description, choices,
+    range and default: generated (python -m ovseg_ros.ros.parameters), never hand-copied."""
+    from ovseg_ros.ros.parameters import params_file_text
+
+    assert (REPO / launch_config.PARAMS_FILE).read_text() == params_file_text(), "run: python -m ovseg_ros.ros.parameters > config/segment.yaml"
