@@ -279,6 +279,15 @@ class _DepthSampler:
             depth = depth[rows[:, None], depth_indices(torch.arange(width), width, depth.shape[1]).numpy()]
         self.depth = np.ascontiguousarray(depth)  # (H, W) on the label grid, raw
         self.scale = np.float32(depth_scale(depth))
+        self._valid: np.ndarray | None = None  # (H, W) bool, made by the first large segment
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(H, W) bool, where the frame has a depth measurement: once per frame, not once per
+        segment box (the boxes of stuff classes span most of the frame)."""
+        if self._valid is None:
+            self._valid = _valid(self.depth)
+        return self._valid
 
     def summary(self, segment: Segment, settings: SegmentSettings) -> tuple[int, Box3D | None]:
         """(valid depth pixels of ``segment``, its :class:`Box3D` or None below ``min_points``)."""
@@ -298,7 +307,7 @@ class _DepthSampler:
         z = self.depth[v, u]
         valid = _valid(z)
         # Every valid pixel counted, also where the summary sees a sample.
-        point_count = int(np.count_nonzero(valid)) if step == 1 else int(np.count_nonzero(_valid(self.depth[y : y + height, x : x + width]) & mask))
+        point_count = int(np.count_nonzero(valid)) if step == 1 else int(np.count_nonzero(self.valid[y : y + height, x : x + width] & mask))
         if point_count < settings.min_points or not valid.any():
             return point_count, None
         z, v, u = z[valid], v[valid], u[valid]
