@@ -26,12 +26,12 @@ and the connected-components choice, the regions of every present class of the f
 from __future__ import annotations
 
 import argparse
-import time
 
 import cv2
 import numpy as np
 import torch
 
+from ovseg_dev.bench_points import timed_ms
 from ovseg_ros.engine.points import PinholeIntrinsics
 from ovseg_ros.engine.segments import _regions, find_segments
 from ovseg_ros.engine.tracking import SegmentTracker
@@ -65,17 +65,6 @@ def frame(height: int, width: int, index: int, seed: int = 0) -> tuple[np.ndarra
     depth[rng.random((height, width)) < 0.05] = 0.0  # holes
     depth[rng.random((height, width)) < 0.01] = 30000.0  # flying pixels
     return labels, scores, np.rint(depth).astype(np.uint16)
-
-
-def timed_ms(function, repeats: int) -> tuple[list[float], list[float]]:
-    """Wall and thread-CPU milliseconds of each call."""
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.thread_time()
-        function()
-        wall.append((time.perf_counter() - start) * 1000.0)
-        cpu.append((time.thread_time() - start_cpu) * 1000.0)
-    return wall, cpu
 
 
 def cv2_regions(labels: np.ndarray, with_stats: bool) -> int:

@@ -56,6 +56,17 @@ def smoothing_mode(setting: str, model: str) -> str:
     return "flow" if model.startswith("san_") else "none"
 
 
+def stamp_gap_reason(previous_s: float, stamp_s: float, max_gap_s: float) -> str | None:
+    """Why a frame at ``stamp_s`` does not continue the one at ``previous_s`` (its stamp went
+    backwards, or came more than ``max_gap_s`` later), or None: the rule smoothing and tracking share."""
+    gap = stamp_s - previous_s
+    if gap < 0:
+        return f"timestamp went backwards by {-gap:.3f} s"
+    if gap > max_gap_s:
+        return f"gap of {gap:.3f} s > max_gap_s {max_gap_s}"
+    return None
+
+
 @dataclass
 class _Past:
     """What one source's next frame is blended with."""
@@ -193,12 +204,7 @@ class TemporalSmoother:
             return f"resolution changed (scores {old_score_hw} -> {score_hw}, image {old_image_hw} -> {image_hw})"
         if device != old_device:
             return f"device changed ({old_device} -> {device})"
-        gap = stamp_s - past.stamp_s
-        if gap < 0:
-            return f"timestamp went backwards by {-gap:.3f} s"
-        if gap > self.max_gap_s:
-            return f"gap of {gap:.3f} s > max_gap_s {self.max_gap_s}"
-        return None
+        return stamp_gap_reason(past.stamp_s, stamp_s, self.max_gap_s)
 
     def _confidence_factor(self, scores: torch.Tensor) -> torch.Tensor:
         """(H, W) float32 factor ``1 - confidence_gate * margin`` of the current frame.

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ovseg_ros.engine.smoothing import stamp_gap_reason
+
 from ovseg_ros.engine.segments import Segment
 
 
@@ -121,12 +123,7 @@ class SegmentTracker:
             return f"vocabulary version changed ({old_version} -> {version})"
         if size != old_size:
             return f"image size changed ({old_size} -> {size})"
-        gap = stamp_s - past.stamp_s
-        if gap < 0:
-            return f"timestamp went backwards by {-gap:.3f} s"
-        if gap > self.max_gap_s:
-            return f"gap of {gap:.3f} s > max_gap_s {self.max_gap_s}"
-        return None
+        return stamp_gap_reason(past.stamp_s, stamp_s, self.max_gap_s)
 
 
 def _corners(segment: Segment) -> tuple[int, int, int, int]:

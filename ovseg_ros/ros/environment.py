@@ -30,12 +30,15 @@ def isolated_ros_environment(ros_home: Path, domain_id: int | None = None) -> di
 PARTICIPANT_DELETION_TIMEOUT_S = 5.0
 
 
-def destroy_participant(timeout_s: float = PARTICIPANT_DELETION_TIMEOUT_S) -> None:
-    """Delete this process's DDS participant now, after ``rclpy.try_shutdown()`` and once its nodes
-    and executors are unreferenced: its shared-memory segments (``/dev/shm/fastdds_*``) go with
-    it, while a process that exits without deleting it (``os._exit``, a signal) leaves them
-    behind for good. rclpy's objects hold each other in cycles, so the participant is deleted
-    when the collector frees the last of them: collected here, not at some later point.
+def destroy_participant(context=None, timeout_s: float = PARTICIPANT_DELETION_TIMEOUT_S) -> None:
+    """Delete this process's DDS participant now, after ``rclpy.try_shutdown()``: its
+    shared-memory segments (``/dev/shm/fastdds_*``) go with it, while a process that exits
+    without deleting it (``os._exit``, a signal) leaves them behind for good.
+
+    The participant lives as long as its rclpy ``context`` (given: destroyed as soon as its
+    destroyed nodes release it, whoever still references the Python objects, e.g. a worker
+    thread still encoding a vocabulary); the default context's objects hold each other in
+    cycles, which the collector frees here rather than at some later point.
 
     Fast DDS's TCP transport (LARGE_DATA) can deadlock in that deletion while holding the GIL
     (eProsima/Fast-DDS#6066): an alarm left to its default action then ends the process after
@@ -44,6 +47,8 @@ def destroy_participant(timeout_s: float = PARTICIPANT_DELETION_TIMEOUT_S) -> No
     previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
     signal.alarm(max(1, math.ceil(timeout_s)))
     try:
+        if context is not None:
+            context.destroy()
         gc.collect()
     finally:
         signal.alarm(0)

@@ -72,6 +72,7 @@ from typing import NamedTuple
 import rclpy
 import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -574,20 +575,21 @@ def main(args: list[str] | None = None) -> int:
     signal.set_wakeup_fd(wake_write)  # written in whichever thread the signal lands
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    context = Context()  # its own, so that it can be destroyed at the end whoever holds the node
+    rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
     try:
-        failed = _run_until_signal(wake_read, wake_write)
+        failed = _run_until_signal(context, wake_read, wake_write)
     finally:
-        rclpy.try_shutdown()
-        destroy_participant()
+        context.try_shutdown()
+        destroy_participant(context)
     return 1 if failed else 0
 
 
-def _run_until_signal(wake_read: int, wake_write: int) -> bool:
+def _run_until_signal(context: Context, wake_read: int, wake_write: int) -> bool:
     """The node and its executor, from start-up to an orderly shutdown; True if the executor
     failed. Its objects are gone when it returns (the participant lives as long as they do)."""
-    node = OvsegNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    node = OvsegNode(context=context)
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(node)
     if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
         node.trigger_activate()
