@@ -133,13 +133,13 @@ def main(argv: list[str] | None = None) -> None:
         index = next(counter)
         labels, scores, depth = frames[index % len(frames)]
         found = find_segments(labels, scores, NAMES, present_class_ids=present, depth=depth, intrinsics=camera)
-        tracker.update(found, 0.05 * index, 1, labels.shape)
+        tracker.update(found, 0.05 * index, labels.shape)
 
     tracked = find_segments(labels, scores, NAMES, depth=depth, intrinsics=camera)
     tracking_clock = iter(range(10**9))
 
     def tracking():
-        tracker.update(tracked, 0.05 * next(tracking_clock), 2, labels.shape, source="tracking alone")
+        tracker.update(tracked, 0.05 * next(tracking_clock), labels.shape, source="tracking alone")
 
     device_labels = torch.from_numpy(labels).to(args.device)
     rows = {

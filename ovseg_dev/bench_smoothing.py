@@ -223,7 +223,7 @@ def run(
         else:
             scores = simulated_scores(frame.labels, score_rng, noise=noise)
             start = time.perf_counter()
-            smoothed = smoother.update(scores, frame.image, frame.stamp_s, vocabulary_version=0)
+            smoothed = smoother.update(scores, frame.image, frame.stamp_s)
             times.append(time.perf_counter() - start)
             labels = smoothed.argmax(0).numpy()
         confusion += _confusion(labels, frame.labels)

@@ -609,10 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     staging = _prepare_out(args.out_bag, args.in_bag, args.overwrite)
     if staging is None:
         return EXIT_OUT_EXISTS
-    smoothing = smoothing_mode(args.smoothing, args.model)
     settings = PipelineSettings(
         model=args.model, weights=args.weights, device=args.device, precision=args.precision, input_short_edge=args.input_short_edge,
-        cpu_threads=args.cpu_threads, cer_topk=args.cer_topk, smoothing=smoothing, palette=args.palette, min_score=args.min_score,
+        cpu_threads=args.cpu_threads, cer_topk=args.cer_topk, smoothing=args.smoothing, palette=args.palette, min_score=args.min_score,
         smoothing_strength=PARAMETERS_BY_NAME["smoothing_strength"].default, smoothing_max_gap_s=PARAMETERS_BY_NAME["smoothing_max_gap_s"].default,
     )  # fmt: skip
 
@@ -620,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     # cpu_threads 0: torch's default, all cores (no executor here to leave one for).
     segmenter, checkpoint = build_segmenter(args.model, args.weights, args.device, args.precision, args.input_short_edge, args.cpu_threads)
     weights_note = str(checkpoint) if checkpoint is not None else "RANDOM weights: labels are meaningless"
+    smoothing = smoothing_mode(args.smoothing, segmenter.model.auto_smoothing)
     vocabularies = VocabularyManager(segmenter.encode_text)
     vocabulary = vocabularies.install(vocabularies.encode(read_vocabulary(args.vocabulary, args.vocabulary_file)))
     batches = segmenter.batches

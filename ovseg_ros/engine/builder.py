@@ -20,8 +20,8 @@ from ovseg_ros.engine.vocabulary import VocabularyManager
 class PipelineSettings:
     """What a frame path is made of (see the node's parameters of these names).
 
-    ``cer_topk`` 0 = off; a model without CER (SAN) ignores it. ``smoothing`` ``"auto"``:
-    flow for SAN, none for SED. ``compile_mode`` None: eager.
+    ``cer_topk`` 0 = off; a model without CER (SAN) ignores it. ``smoothing`` ``"auto"``: what
+    the model declares (flow for SAN, none for SED). ``compile_mode`` None: eager.
     """
 
     model: str = "sed_convnext_base"
@@ -57,7 +57,7 @@ def build_pipeline(settings: PipelineSettings, vocabularies: VocabularyManager |
             settings.model, settings.weights, settings.device, settings.precision, settings.input_short_edge, settings.cpu_threads, settings.compile_mode
         )
         vocabularies.attach(segmenter.encode_text)  # a new model: its encoder, no vocabulary yet
-    smoother = TemporalSmoother(smoothing_mode(settings.smoothing, settings.model), strength=settings.smoothing_strength, max_gap_s=settings.smoothing_max_gap_s)
+    smoother = TemporalSmoother(smoothing_mode(settings.smoothing, segmenter.model.auto_smoothing), strength=settings.smoothing_strength, max_gap_s=settings.smoothing_max_gap_s)
     pipeline = FramePipeline(
         segmenter,
         vocabularies,

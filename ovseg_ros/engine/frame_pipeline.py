@@ -303,11 +303,15 @@ class FramePipeline:
         self.min_score = min_score
         self._latency_budget_ms = latency_budget_ms
         self.set_cer_topk(cer_topk)
-        self._budget_vocabulary_version = 0
         self.torch_rendering = torch_rendering
         self.device = segmenter.device
         self._cuda = self.device.type == "cuda"
-        self._renderer: tuple[int, Renderer] | None = None  # (vocabulary version, renderer)
+        # A vocabulary change is noticed once on each thread that has consumers of it, at the
+        # first frame labeled with it (frames carry their vocabulary: the frames of the old one
+        # still in flight finish with it), and each consumer is told once.
+        self._inferring_version = 0  # infer's thread: renderer, smoother
+        self._finishing_version = 0  # finish's thread (frames finish in order): CER budget, tracker
+        self._renderer: Renderer | None = None
         if self._cuda:
             self._upload_stream = torch.cuda.Stream(self.device)
             self._compute_stream = torch.cuda.Stream(self.device)
@@ -381,11 +385,10 @@ class FramePipeline:
         host = inferred.host
         timings = inferred.clock.elapsed_ms()
         timings.pop("wait", None)  # between the upload and compute streams: queueing, not work
+        if inferred.vocabulary.version != self._finishing_version:
+            self._finishing_version = inferred.vocabulary.version
+            self._finish_with_new_vocabulary(inferred.vocabulary)
         if self.cer_budget is not None:
-            if inferred.vocabulary.version != self._budget_vocabulary_version:
-                # Another class count: the p95s measured at other K no longer hold (frames finish in order).
-                self._budget_vocabulary_version = inferred.vocabulary.version
-                self.cer_budget.forget()
             self.cer_budget.observe(timings["model"], topk=inferred.cer_topk)
         labels, counts = host["labels"], host["counts"]
         names = inferred.vocabulary.names
@@ -425,7 +428,7 @@ class FramePipeline:
             labels, inferred.host["confidence"], inferred.vocabulary.names, self.segment_settings,
             present_class_ids=present_class_ids, depth=inferred.host_depth, intrinsics=inferred.intrinsics,
         )  # fmt: skip
-        self.tracker.update(segments, inferred.stamp_s, inferred.vocabulary.version, labels.shape, inferred.source)
+        self.tracker.update(segments, inferred.stamp_s, labels.shape, inferred.source)
         return segments
 
     def process(
@@ -459,6 +462,9 @@ class FramePipeline:
         if vocabulary is None:
             raise PipelineError("no vocabulary is installed")
         cer_topk = self.cer_topk
+        if vocabulary.version != self._inferring_version:
+            self._inferring_version = vocabulary.version
+            self._infer_with_new_vocabulary(vocabulary)
         if not self._cuda:
             return self._infer_batch_on_device(prepared, vocabulary, stamps_s, requests, cer_topk)
         with torch.cuda.stream(self._compute_stream):
@@ -578,7 +584,7 @@ class FramePipeline:
         smoothing_reset = None
         if self.smoother.mode != "none":
             with stage("smoothing"):
-                coarse = self.smoother.update(scores.coarse(), prepared.rgb, stamp_s, vocabulary.version, prepared.source)
+                coarse = self.smoother.update(scores.coarse(), prepared.rgb, stamp_s, prepared.source)
                 smoothing_reset = self.smoother.last_reset_reason
                 scores = scores.with_coarse(coarse)
         with stage("postprocess"):
@@ -587,7 +593,7 @@ class FramePipeline:
             labels = best.to(torch.uint8 if unlabeled == 255 else torch.int32)
             if self.min_score > 0:
                 labels.masked_fill_(confidence < self.min_score, unlabeled)  # no host sync, unlike boolean indexing
-            renderer = self._renderer_for(vocabulary)
+            renderer = self._renderer
             counts = renderer.class_counts(labels)
             device_outputs = {"labels": labels if unlabeled == 255 else labels.to(torch.int16), "counts": counts}
             if request.color or request.overlay:
@@ -640,10 +646,16 @@ class FramePipeline:
         buffer[:count].copy_(records[:count])
         return buffer.numpy()
 
-    def _renderer_for(self, vocabulary: Vocabulary) -> Renderer:
-        if self._renderer is None or self._renderer[0] != vocabulary.version:
-            self._renderer = (vocabulary.version, Renderer(list(vocabulary.names), self.palette, self.device, torch_ops=self.torch_rendering))
-        return self._renderer[1]
+    def _infer_with_new_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """The consumers on infer's thread, at the first frame labeled with ``vocabulary``."""
+        self._renderer = Renderer(list(vocabulary.names), self.palette, self.device, torch_ops=self.torch_rendering)
+        self.smoother.reset(f"vocabulary version {vocabulary.version}")
+
+    def _finish_with_new_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """The consumers on finish's thread, at the first frame labeled with ``vocabulary``."""
+        if self.cer_budget is not None:
+            self.cer_budget.forget()  # another class count: the p95s measured at each K no longer hold
+        self.tracker.reset(f"vocabulary version {vocabulary.version}")
 
 
 def _decode(image: ImageData) -> np.ndarray:

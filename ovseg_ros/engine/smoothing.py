@@ -21,9 +21,9 @@ The state lives on the scores' device (warped there with ``grid_sample``); only 
 flow runs on the CPU, at reduced resolution, and is uploaded as one small tensor (on CUDA
 from pinned memory, without blocking the host).
 The smoother resets (its output is the current scores, which become the state) when the
-timestamp goes backwards, after a gap longer than ``max_gap_s``, and when the
-resolution, the class count, the vocabulary version or the device changes;
-:attr:`TemporalSmoother.last_reset_reason` says why.
+timestamp goes backwards, after a gap longer than ``max_gap_s``, when the resolution, the
+class count or the device changes, and after :meth:`TemporalSmoother.reset` (the frame path
+calls it once on a vocabulary change); :attr:`TemporalSmoother.last_reset_reason` says why.
 
 One smoother serves several cameras: each ``source`` (a camera's name) has a past of its
 own, so one camera's frames never blend into another's, while the settings (``strength``,
@@ -48,12 +48,11 @@ except ImportError:  # the GPU check machine has no OpenCV (robots do): only "fl
 MODES = ("none", "ema", "flow")
 
 
-def smoothing_mode(setting: str, model: str) -> str:
-    """The mode a ``smoothing`` setting means for ``model``: ``"auto"`` is ``flow`` for SAN
-    (its per-frame masks flicker), ``none`` for SED; any other setting is itself."""
-    if setting != "auto":
-        return setting
-    return "flow" if model.startswith("san_") else "none"
+def smoothing_mode(setting: str, auto_smoothing: str) -> str:
+    """The mode a ``smoothing`` setting means for a model that declares ``auto_smoothing``
+    (:attr:`~ovseg_ros.models.base.OpenVocabModel.auto_smoothing`: ``flow`` for SAN, whose
+    per-frame masks flicker, ``none`` for SED): ``"auto"`` is that, any other setting itself."""
+    return auto_smoothing if setting == "auto" else setting
 
 
 def stamp_gap_reason(previous_s: float, stamp_s: float, max_gap_s: float) -> str | None:
@@ -136,9 +135,12 @@ class TemporalSmoother:
             self._dis.setFinestScale(0)
         self._base_grid: torch.Tensor | None = None
         self._pasts: dict[str, _Past] = {}  # source -> its past
+        self._forgotten: dict[str, str] = {}  # source -> why reset() dropped its past
 
-    def reset(self) -> None:
-        """Forget the past of every source; the next :meth:`update` of each returns its scores unchanged."""
+    def reset(self, reason: str = "reset") -> None:
+        """Forget the past of every source; the next :meth:`update` of each returns its scores
+        unchanged, with ``reason`` as its :attr:`last_reset_reason`."""
+        self._forgotten.update(dict.fromkeys(self._pasts, reason))
         self._pasts.clear()
 
     def update(
@@ -146,7 +148,6 @@ class TemporalSmoother:
         scores: torch.Tensor,
         image_rgb: np.ndarray | None,
         stamp_s: float,
-        vocabulary_version: int,
         source: str = "",
     ) -> torch.Tensor:
         """Smooth one frame of ``source``, with that source's past only.
@@ -156,7 +157,6 @@ class TemporalSmoother:
             image_rgb: (H', W', 3) uint8 RGB camera image of this frame; needed only in
                 ``flow`` mode (H', W' may differ from the scores': flow is resolution-free).
             stamp_s: the frame's timestamp in seconds.
-            vocabulary_version: changes whenever the class list changes.
             source: the camera the frame comes from; each source has a past of its own.
 
         Returns:
@@ -173,9 +173,9 @@ class TemporalSmoother:
 
         gray = self._flow_gray(image_rgb) if self.mode == "flow" else None
         image_hw = None if image_rgb is None else image_rgb.shape[:2]
-        key = (vocabulary_version, scores.shape[0], tuple(scores.shape[1:]), image_hw, scores.device)
+        key = (scores.shape[0], tuple(scores.shape[1:]), image_hw, scores.device)
         past = self._pasts.get(source)
-        reason = self._reset_reason(past, key, stamp_s)
+        reason = self._forgotten.pop(source, None) or self._reset_reason(past, key, stamp_s)
         if reason is not None:
             self.last_reset_reason = reason
             self._pasts[source] = _Past(scores, gray, stamp_s, key)
@@ -194,10 +194,8 @@ class TemporalSmoother:
         """Why ``past`` cannot be carried into a frame with ``key`` at ``stamp_s``, or None."""
         if past is None:
             return "no previous state"
-        version, classes, score_hw, image_hw, device = key
-        old_version, old_classes, old_score_hw, old_image_hw, old_device = past.key
-        if version != old_version:
-            return f"vocabulary version changed ({old_version} -> {version})"
+        classes, score_hw, image_hw, device = key
+        old_classes, old_score_hw, old_image_hw, old_device = past.key
         if classes != old_classes:
             return f"class count changed ({old_classes} -> {classes})"
         if score_hw != old_score_hw or image_hw != old_image_hw:

@@ -1,7 +1,7 @@
 """Stable ids for segments across a camera's frames, ROS-free.
 
     tracker = SegmentTracker()
-    tracker.update(segments, stamp_s, vocabulary.version, labels.shape, source="front")
+    tracker.update(segments, stamp_s, labels.shape, source="front")
     [segment.track_id for segment in segments]          # > 0, stable while the object stays in view
 
 A light tracker: each camera (``source``) has tracks of its own, and a segment continues a
@@ -14,8 +14,9 @@ segment begins a new track. A track without a segment is kept ``max_missed_frame
 
 Ids come from one counter per tracker and are never given twice, whichever camera, class
 or reset: an id names one object. A camera's tracks restart (its next segments all get new
-ids) when the vocabulary version or the image size changes, when the stamp goes backwards
-and after a gap longer than ``max_gap_s``, as temporal smoothing restarts;
+ids) when the image size changes, when the stamp goes backwards, after a gap longer than
+``max_gap_s`` and after :meth:`SegmentTracker.reset` (the frame path calls it once on a
+vocabulary change), as temporal smoothing restarts;
 :attr:`SegmentTracker.last_reset_reason` says why. One thread at a time may call
 :meth:`SegmentTracker.update`.
 """
@@ -41,7 +42,7 @@ class _Tracks:
     boxes: np.ndarray  # (N, 4) float64 x0, y0, x1, y1 (x1, y1 exclusive)
     missed: np.ndarray  # (N,) int64 frames since the track last had a segment
     stamp_s: float
-    key: tuple  # (vocabulary version, image size): what must not change between frames
+    key: tuple  # the image size: what must not change between frames
 
 
 class SegmentTracker:
@@ -66,25 +67,27 @@ class SegmentTracker:
         #: Why the latest :meth:`update` restarted its camera's tracks, or None if it continued them.
         self.last_reset_reason: str | None = None
         self._sources: dict[str, _Tracks] = {}
+        self._forgotten: dict[str, str] = {}  # camera -> why reset() dropped its tracks
         self._last_id = 0
 
-    def reset(self) -> None:
-        """Forget every camera's tracks (ids already given are still never given again)."""
+    def reset(self, reason: str = "reset") -> None:
+        """Forget every camera's tracks (ids already given are still never given again); the next
+        :meth:`update` of each camera has ``reason`` as its :attr:`last_reset_reason`."""
+        self._forgotten.update(dict.fromkeys(self._sources, reason))
         self._sources.clear()
 
-    def update(self, segments: list[Segment], stamp_s: float, vocabulary_version: int, image_size: tuple[int, int], source: str = "") -> None:
+    def update(self, segments: list[Segment], stamp_s: float, image_size: tuple[int, int], source: str = "") -> None:
         """Set the ``track_id`` of each of ``segments``, one frame of camera ``source``.
 
         Args:
             segments: the frame's segments (:func:`~ovseg_ros.engine.segments.find_segments`).
             stamp_s: the frame's stamp, seconds.
-            vocabulary_version: of the vocabulary that labeled the frame.
             image_size: (H, W) of its labels.
             source: the camera; each has tracks of its own.
         """
-        key = (vocabulary_version, tuple(image_size))
+        key = tuple(image_size)
         past = self._sources.get(source)
-        self.last_reset_reason = self._reset_reason(past, key, stamp_s)
+        self.last_reset_reason = self._forgotten.pop(source, None) or self._reset_reason(past, key, stamp_s)
         if self.last_reset_reason is not None:
             past = _Tracks(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, np.int64), stamp_s, key)
         boxes = np.array([_corners(segment) for segment in segments], dtype=np.float64).reshape(-1, 4)
@@ -118,11 +121,8 @@ class SegmentTracker:
         """Why ``past`` cannot be continued into a frame with ``key`` at ``stamp_s``, or None."""
         if past is None:
             return "no previous tracks"
-        (version, size), (old_version, old_size) = key, past.key
-        if version != old_version:
-            return f"vocabulary version changed ({old_version} -> {version})"
-        if size != old_size:
-            return f"image size changed ({old_size} -> {size})"
+        if key != past.key:
+            return f"image size changed ({past.key} -> {key})"
         return stamp_gap_reason(past.stamp_s, stamp_s, self.max_gap_s)
 
 

@@ -33,6 +33,9 @@ class OpenVocabModel(nn.Module):
     supports_cer: bool = False
     #: ... ``forward_batch`` labels several images of one size in one call.
     supports_batches: bool = False
+    #: ... and the temporal smoothing its scores need on video (what the setting ``auto``
+    #: means, see :mod:`ovseg_ros.engine.smoothing`): ``"none"`` for steady per-frame scores.
+    auto_smoothing: str = "none"
 
     def encode_text(self, class_names: list[str]) -> torch.Tensor:
         """Text features for ``class_names``; first dim is ``len(class_names)``, rest model-specific."""

@@ -2,7 +2,7 @@
 offline labeling publish.
 
     segments = find_segments(outputs.labels, scores, names, present_class_ids=..., depth=..., intrinsics=...)
-    tracker.update(segments, stamp_s, outputs.vocabulary.version, outputs.labels.shape, source)
+    tracker.update(segments, stamp_s, outputs.labels.shape, source)
     detections_2d_msg(msg.header, segments, names)     # vision_msgs/Detection2DArray, every segment
     detections_3d_msg(msg.header, segments, names)     # vision_msgs/Detection3DArray, those with a 3D box
     box_markers_msg(msg.header, segments, names)       # visualization_msgs/MarkerArray of the 3D boxes

@@ -138,3 +138,25 @@ def test_each_camera_is_smoothed_with_its_own_past(segmenter):
     assert np.all(process(black, 0.1, "left").labels == 255), "left blends with its own (white) past"
     again = process(white, 0.1, "right")
     assert again.smoothing_reset is None and np.all(again.labels != 255), "right blends with its own (black) past"
+
+
+def test_a_vocabulary_change_reaches_each_consumer_once_at_its_first_frame(segmenter):
+    """Smoothing and tracking restart, and the colours are the new classes', at the first frame
+    labeled with the new vocabulary; a frame still labeled with the old one renders with its own."""
+    vocabularies = VocabularyManager(segmenter.encode_text)
+    old = vocabularies.install(vocabularies.encode(["wall", "floor", "box"]))
+    pipeline = FramePipeline(segmenter, vocabularies, TemporalSmoother("ema"))
+    request = OutputRequest(color=True, segments=True)
+
+    def frame(index: int, vocabulary=None):
+        outputs = pipeline.process(raw(), 0.05 * index, request, vocabulary)
+        expected = Renderer(list(outputs.vocabulary.names)).colorize(torch.from_numpy(outputs.labels)).numpy()
+        assert np.array_equal(outputs.color, expected), "rendered with the frame's vocabulary"
+        return outputs.smoothing_reset, pipeline.tracker.last_reset_reason
+
+    assert frame(0) == ("no previous state", "no previous tracks")
+    assert frame(1) == (None, None)
+    new = vocabularies.install(vocabularies.encode(["sky", "road", "car", "person"]))
+    assert frame(2) == (f"vocabulary version {new.version}",) * 2
+    assert frame(3) == (None, None), "told once, not at every frame"
+    assert frame(4, old) == (f"vocabulary version {old.version}",) * 2

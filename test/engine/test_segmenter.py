@@ -63,6 +63,20 @@ def test_cer_is_refused_for_models_without_it():
         sed.scores(sed.preprocess(torch.from_numpy(RGB)), sed.encode_text(["sky"]), cer_topk=0)
 
 
+def test_auto_smoothing_is_what_the_model_declares():
+    """``smoothing: auto`` follows the model's declaration (SAN's masks flicker: flow; SED: none),
+    whatever the model's name; an explicit mode is kept."""
+    from ovseg_ros.engine.builder import PipelineSettings, build_pipeline
+
+    for name, expected in (("san_tiny_dev", "flow"), ("sed_tiny_dev", "none")):
+        model = build_model(name)
+        assert model.auto_smoothing == expected
+        pipeline, _ = build_pipeline(PipelineSettings(model=name, device="cpu", smoothing="auto"), segmenter=Segmenter(model))
+        assert pipeline.smoother.mode == expected
+        pipeline, _ = build_pipeline(PipelineSettings(model=name, device="cpu", smoothing="ema"), segmenter=Segmenter(model))
+        assert pipeline.smoother.mode == "ema"
+
+
 def test_shipped_class_lists():
     ade150, ade847 = load_class_list("ade150"), load_class_list("ade847")
     assert (len(ade150), len(ade847)) == (150, 847)

@@ -46,7 +46,7 @@ def test_off_returns_input_unchanged():
     smoother = TemporalSmoother("none")
     for step in range(3):
         scores = random_scores(step)
-        assert smoother.update(scores, None, step * DT, 0) is scores
+        assert smoother.update(scores, None, step * DT) is scores
         assert smoother.last_reset_reason is None
 
 
@@ -57,16 +57,15 @@ def test_off_returns_input_unchanged():
         (dict(stamp_s=0.0), "backwards"),
         (dict(stamp_s=2 * DT + 0.6), "gap"),
         (dict(height=HEIGHT // 2, width=WIDTH // 2), "resolution"),
-        (dict(vocabulary_version=1), "vocabulary"),
         (dict(classes=CLASSES + 1), "class count"),
     ],
 )
 def test_reset_conditions(mode, trigger, reason):
     smoother = TemporalSmoother(mode, max_gap_s=0.5, flow_scale=0.5)
 
-    def frame(step: int, stamp_s: float, classes=CLASSES, height=HEIGHT, width=WIDTH, vocabulary_version=0):
+    def frame(step: int, stamp_s: float, classes=CLASSES, height=HEIGHT, width=WIDTH):
         scores = random_scores(step, classes, height, width)
-        return scores, smoother.update(scores, textured_image(height, width), stamp_s, vocabulary_version)
+        return scores, smoother.update(scores, textured_image(height, width), stamp_s)
 
     scores, out = frame(0, 0.0)
     assert out is scores and smoother.last_reset_reason == "no previous state"
@@ -82,13 +81,14 @@ def test_reset_conditions(mode, trigger, reason):
     assert smoother.last_reset_reason is None and not torch.equal(out, scores)
 
 
-def test_reset_method_forgets_the_state():
+def test_reset_method_forgets_the_state_and_says_why():
     smoother = TemporalSmoother("ema")
-    smoother.update(random_scores(0), None, 0.0, 0)
-    smoother.reset()
+    smoother.update(random_scores(0), None, 0.0)
+    smoother.reset("vocabulary version 2")
     scores = random_scores(1)
-    assert smoother.update(scores, None, DT, 0) is scores
-    assert smoother.last_reset_reason == "no previous state"
+    assert smoother.update(scores, None, DT) is scores
+    assert smoother.last_reset_reason == "vocabulary version 2"
+    assert smoother.update(random_scores(2), None, 2 * DT) is not scores and smoother.last_reset_reason is None, "then it blends again"
 
 
 @pytest.mark.parametrize("mode", ["ema", "flow"])
@@ -103,33 +103,33 @@ def test_each_source_blends_with_its_own_past(mode):
             scores = random_scores(2 * step + (source == "rear"), height=height, width=width)
             image = textured_image(height, width, seed=step)
             stamp_s = step * DT + (source == "rear") * 0.01
-            out = shared.update(scores, image, stamp_s, 0, source)
+            out = shared.update(scores, image, stamp_s, source)
             reason = shared.last_reset_reason
-            expected = alone[source].update(scores, image, stamp_s, 0)
+            expected = alone[source].update(scores, image, stamp_s)
             assert torch.equal(out, expected) and reason == alone[source].last_reset_reason, (step, source)
             assert (reason == "no previous state") == (step == 0), reason
     mixed = TemporalSmoother(mode, flow_scale=0.5)
     for step in range(2):  # one past for both: each frame resets on the other's resolution
         for source, (height, width) in sizes.items():
             mixed.update(random_scores(2 * step + (source == "rear"), height=height, width=width),
-                         textured_image(height, width, seed=step), step * DT, 0)
+                         textured_image(height, width, seed=step), step * DT)
             assert "resolution changed" in mixed.last_reset_reason or step == 0
-    shared.reset()
-    shared.update(random_scores(0), textured_image(HEIGHT, WIDTH), 10.0, 0, "front")
-    assert shared.last_reset_reason == "no previous state"
-    shared.update(random_scores(1, height=HEIGHT // 2, width=WIDTH // 2), textured_image(HEIGHT // 2, WIDTH // 2), 10.0, 0, "rear")
-    assert shared.last_reset_reason == "no previous state", "reset forgets every source"
+    shared.reset("vocabulary version 2")
+    shared.update(random_scores(0), textured_image(HEIGHT, WIDTH), 10.0, "front")
+    assert shared.last_reset_reason == "vocabulary version 2"
+    shared.update(random_scores(1, height=HEIGHT // 2, width=WIDTH // 2), textured_image(HEIGHT // 2, WIDTH // 2), 10.0, "rear")
+    assert shared.last_reset_reason == "vocabulary version 2", "reset forgets every source"
 
 
 def test_sources_of_one_size_do_not_blend_into_each_other():
     """Same resolution, interleaved stamps: a shared past would blend; a past per source does not."""
     smoother = TemporalSmoother("ema", strength=1.0, confidence_gate=0.0)
     front, rear = random_scores(0), random_scores(1)
-    smoother.update(front, None, 0.0, 0, "front")
-    assert smoother.update(rear, None, DT, 0, "rear") is rear and smoother.last_reset_reason == "no previous state"
+    smoother.update(front, None, 0.0, "front")
+    assert smoother.update(rear, None, DT, "rear") is rear and smoother.last_reset_reason == "no previous state"
     # All weight on the past: each source's second frame is its own first frame.
-    assert torch.equal(smoother.update(random_scores(2), None, 2 * DT, 0, "front"), front)
-    assert torch.equal(smoother.update(random_scores(3), None, 3 * DT, 0, "rear"), rear)
+    assert torch.equal(smoother.update(random_scores(2), None, 2 * DT, "front"), front)
+    assert torch.equal(smoother.update(random_scores(3), None, 3 * DT, "rear"), rear)
     assert smoother.last_reset_reason is None
 
 
@@ -139,16 +139,16 @@ def test_invalid_arguments_raise():
     with pytest.raises(ValueError):
         TemporalSmoother("ema", strength=1.5)
     with pytest.raises(ValueError):
-        TemporalSmoother("flow").update(random_scores(0), None, 0.0, 0)
+        TemporalSmoother("flow").update(random_scores(0), None, 0.0)
 
 
 def test_ema_converges_to_a_constant_input():
     smoother = TemporalSmoother("ema", strength=0.6)
-    smoother.update(random_scores(0), None, 0.0, 0)
+    smoother.update(random_scores(0), None, 0.0)
     constant = random_scores(1)
     errors = []
     for step in range(1, 21):
-        out = smoother.update(constant, None, step * DT, 0)
+        out = smoother.update(constant, None, step * DT)
         errors.append(float((out - constant).abs().max()))
     assert all(later <= earlier for earlier, later in zip(errors, errors[1:]))
     assert errors[0] > 0.05 and errors[-1] < 1e-3
@@ -161,8 +161,8 @@ def test_flow_on_a_static_scene_matches_ema():
     outs = {}
     for mode in ("ema", "flow"):
         smoother = TemporalSmoother(mode, flow_scale=0.5)
-        smoother.update(first, image, 0.0, 0)
-        outs[mode] = smoother.update(second, image, DT, 0)
+        smoother.update(first, image, 0.0)
+        outs[mode] = smoother.update(second, image, DT)
     assert torch.allclose(outs["flow"], outs["ema"], atol=1e-3)
 
 
@@ -175,8 +175,8 @@ def test_flow_moves_the_state_with_the_content():
     ious = {}
     for mode in ("ema", "flow"):
         smoother = TemporalSmoother(mode, strength=0.6, flow_scale=0.5)
-        smoother.update(confident, before, 0.0, 0)
-        labels = smoother.update(unsure, after, DT, 0).argmax(0).numpy()
+        smoother.update(confident, before, 0.0)
+        labels = smoother.update(unsure, after, DT).argmax(0).numpy()
         ious[mode] = iou(labels == 1, square_after)
     assert ious["flow"] > 0.85
     assert ious["flow"] > ious["ema"] + 0.15
@@ -191,8 +191,8 @@ def test_flow_trusts_the_current_frame_where_the_image_changed():
     kept_current = {}
     for mode in ("ema", "flow"):
         smoother = TemporalSmoother(mode, strength=0.6, flow_scale=0.5)
-        smoother.update(past, before, 0.0, 0)
-        labels = smoother.update(current, after, DT, 0).argmax(0).numpy()
+        smoother.update(past, before, 0.0)
+        labels = smoother.update(current, after, DT).argmax(0).numpy()
         kept_current[mode] = float((labels == 0).mean())
     assert kept_current["ema"] == 0.0
     assert kept_current["flow"] > 0.7
@@ -212,6 +212,6 @@ def test_state_stays_on_the_scores_device_and_dtype(device, mode):
     image = textured_image(HEIGHT, WIDTH)
     for step in range(3):
         scores = random_scores(step).to(device=device, dtype=torch.float64)
-        out = smoother.update(scores, image, step * DT, 0)
+        out = smoother.update(scores, image, step * DT)
         assert out.device == scores.device and out.dtype == torch.float64 and out.shape == scores.shape
     assert smoother.last_reset_reason is None

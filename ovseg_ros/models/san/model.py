@@ -115,6 +115,7 @@ class SAN(OpenVocabModel):
     """
 
     supports_batches = True  # one pass of the network for B images of one size
+    auto_smoothing = "flow"  # its per-frame masks flicker; flow follows moving content
 
     def __init__(self, config: SANConfig, variant: str = "custom"):
         super().__init__()
