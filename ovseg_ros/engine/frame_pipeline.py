@@ -309,8 +309,9 @@ class FramePipeline:
         # A vocabulary change is noticed once on each thread that has consumers of it, at the
         # first frame labeled with it (frames carry their vocabulary: the frames of the old one
         # still in flight finish with it), and each consumer is told once.
-        self._inferring_version = 0  # infer's thread: renderer, smoother
-        self._finishing_version = 0  # finish's thread (frames finish in order): CER budget, tracker
+        # By identity: a vocabulary not installed (a warm-up's) has version 0, as any other.
+        self._inferring_vocabulary: Vocabulary | None = None  # infer's thread: renderer, smoother
+        self._finishing_vocabulary: Vocabulary | None = None  # finish's thread (frames finish in order): CER budget, tracker
         self._renderer: Renderer | None = None
         if self._cuda:
             self._upload_stream = torch.cuda.Stream(self.device)
@@ -385,8 +386,8 @@ class FramePipeline:
         host = inferred.host
         timings = inferred.clock.elapsed_ms()
         timings.pop("wait", None)  # between the upload and compute streams: queueing, not work
-        if inferred.vocabulary.version != self._finishing_version:
-            self._finishing_version = inferred.vocabulary.version
+        if inferred.vocabulary is not self._finishing_vocabulary:
+            self._finishing_vocabulary = inferred.vocabulary
             self._finish_with_new_vocabulary(inferred.vocabulary)
         if self.cer_budget is not None:
             self.cer_budget.observe(timings["model"], topk=inferred.cer_topk)
@@ -462,8 +463,8 @@ class FramePipeline:
         if vocabulary is None:
             raise PipelineError("no vocabulary is installed")
         cer_topk = self.cer_topk
-        if vocabulary.version != self._inferring_version:
-            self._inferring_version = vocabulary.version
+        if vocabulary is not self._inferring_vocabulary:
+            self._inferring_vocabulary = vocabulary
             self._infer_with_new_vocabulary(vocabulary)
         if not self._cuda:
             return self._infer_batch_on_device(prepared, vocabulary, stamps_s, requests, cer_topk)
@@ -493,7 +494,7 @@ class FramePipeline:
         data = bytes(height * width * 3)
         every_output = OutputRequest(color=True, overlay=True, confidence=True, masks=(0,), masks_version=vocabulary.version)
         self.process(RawImageData("rgb8", height, width, width * 3, data), 0.0, every_output, vocabulary)
-        self.smoother.reset()
+        self.smoother.reset()  # the warm-up frame is no camera's past
         if self.cer_budget is not None:
             self.cer_budget.reset()  # the warm-up frame's time is not the model's
         return (time.perf_counter() - start) * 1000.0

@@ -70,10 +70,11 @@ class SegmentTracker:
         self._forgotten: dict[str, str] = {}  # camera -> why reset() dropped its tracks
         self._last_id = 0
 
-    def reset(self, reason: str = "reset") -> None:
+    def reset(self, reason: str | None = None) -> None:
         """Forget every camera's tracks (ids already given are still never given again); the next
-        :meth:`update` of each camera has ``reason`` as its :attr:`last_reset_reason`."""
-        self._forgotten.update(dict.fromkeys(self._sources, reason))
+        :meth:`update` of each camera has ``reason`` as its :attr:`last_reset_reason` (None: "no previous tracks")."""
+        if reason is not None:
+            self._forgotten.update(dict.fromkeys(self._sources, reason))
         self._sources.clear()
 
     def update(self, segments: list[Segment], stamp_s: float, image_size: tuple[int, int], source: str = "") -> None:

@@ -65,6 +65,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from concurrent import futures
 from dataclasses import replace
 from typing import NamedTuple
@@ -181,11 +182,12 @@ class OvsegNode(LifecycleNode):
             pipeline = self._build_pipeline()
             vocabulary = self._vocabularies.encode(self._param("vocabulary"))
             self.get_logger().info(f"warm-up frame: {pipeline.warm_up(vocabulary):.0f} ms")
-        except (CheckpointError, VocabularyError, ValueError, OSError, RuntimeError) as exc:
+        except Exception as exc:  # the node stays up and says why; a bug's traceback goes to the log too
+            expected = isinstance(exc, (CheckpointError, VocabularyError, ValueError, OSError, RuntimeError))
             self._vocabularies.attach(None)
             self._configure_error = f"{type(exc).__name__}: {exc}"
             self._unconfigured = True
-            self.get_logger().error(f"configure failed, the node stays unconfigured: {self._configure_error}")
+            self.get_logger().error(f"configure failed, the node stays unconfigured: {self._configure_error}" + ("" if expected else f"\n{traceback.format_exc()}"))
             return TransitionCallbackReturn.FAILURE
         self._configure_error = None
         self._stop = threading.Event()
