@@ -3,6 +3,7 @@
 import importlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -77,10 +78,19 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.flaky(reruns=DDS_TEST_RERUNS, reruns_delay=2))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report ends with the logs of the nodes it had running (node_settings.serving_node)."""
+    outcome = yield
+    report = outcome.get_result()
+    node_settings = sys.modules.get("node_settings")  # imported by the tests that start nodes
+    if report.failed and node_settings is not None:
+        for node in node_settings.RUNNING_NODES:
+            report.sections.append((f"log of node {node.log_path.stem} (its last 4000 characters)", node.log_text()[-4000:]))
+
+
 def pytest_sessionfinish(session, exitstatus):
     """This process's DDS participant goes before the interpreter does (see destroy_participant)."""
-    import sys
-
     if "rclpy" in sys.modules:
         import rclpy
 

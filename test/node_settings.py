@@ -2,6 +2,8 @@
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -17,15 +19,47 @@ TEST_MODEL = "san_tiny_dev"
 NODE_READY_TIMEOUT_S = 180.0
 
 
-def start_node(namespace: str, camera_topic: str, log_path: Path, vocabulary: list[str], extra_args: list[str] = (), env: dict[str, str] | None = None) -> NodeProcess:
-    """The node under test in its own process: the test model on the CPU, in ``namespace``,
-    its image remapped to ``camera_topic``, with ``vocabulary``."""
-    return NodeProcess(
-        {"namespace": namespace, "image_topic": camera_topic, "model": TEST_MODEL, "device": "cpu"},
-        log_path,
-        extra_args=["-p", f"vocabulary:=[{', '.join(vocabulary)}]", *extra_args],
-        env=env,
-    )
+#: The nodes started by the running tests and not yet stopped: a failing test's report shows
+#: their logs (conftest.pytest_runtest_makereport).
+RUNNING_NODES: list[NodeProcess] = []
+
+
+def started_node(log_dir: Path, namespace: str, *args: str, vocabulary: list[str] | None = None, image_topic: str | None = None,
+                 env: dict[str, str] | None = None, **values: str) -> NodeProcess:
+    """The node under test in its own process: the test model on the CPU in ``namespace``, its
+    image on ``image_topic`` (default /<namespace>/image_raw), with ``vocabulary`` (default the
+    node's), launch ``values`` and more ``--ros-args`` ``args``; log in ``log_dir``. Stop it
+    with :func:`stopped`."""
+    values = {"namespace": namespace, "model": TEST_MODEL, "device": "cpu", **values}
+    if "cameras" not in values:  # one camera
+        values["image_topic"] = image_topic or f"/{namespace}/image_raw"
+    extra = ["-p", f"vocabulary:=[{', '.join(vocabulary)}]"] if vocabulary is not None else []
+    node = NodeProcess(values, log_dir / f"{namespace}.log", extra_args=[*extra, *args], env=env)
+    RUNNING_NODES.append(node)
+    return node
+
+
+def stopped(node: NodeProcess) -> int:
+    """Stop ``node`` (SIGINT, as ros2 launch does); its exit code."""
+    code = node.stop()
+    if node in RUNNING_NODES:
+        RUNNING_NODES.remove(node)
+    return code
+
+
+@contextmanager
+def serving_node(peer: Peer, log_dir: Path, namespace: str, *args: str, ready_topic: str | None = None, class_map_topic: str | None = None,
+                 **options) -> Iterator[NodeProcess]:
+    """The one DDS node fixture of the tests: a :func:`started_node` (same arguments), waited for
+    until it serves (:func:`wait_until_serving` on ``ready_topic``, default its image topic),
+    stopped after, and its exit code 0 asserted. While it runs, a failing test shows its log."""
+    node = started_node(log_dir, namespace, *args, **options)
+    try:
+        wait_until_serving(peer, node, ready_topic or options.get("image_topic") or f"/{namespace}/image_raw", class_map_topic)
+        yield node
+    finally:
+        code = stopped(node)
+    assert code == 0, f"{namespace} exited with {code}:\n{node.log_text()[-3000:]}"
 
 
 def wait_until_serving(peer: Peer, node: NodeProcess, camera_topic: str, class_map_topic: str | None = None) -> None:
@@ -121,16 +155,6 @@ class Lifecycle:
 
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def start(tmp_path, namespace: str, *extra: str, **values: str) -> NodeProcess:
-    values = {"namespace": namespace, "image_topic": f"/{namespace}/image_raw", "model": TEST_MODEL, "device": "cpu", **values}
-    return NodeProcess(values, tmp_path / f"{namespace}.log", extra_args=list(extra))
-
-
-def wait_ready(peer: Peer, node: NodeProcess, topic: str) -> None:
-    ready = peer.wait_for(lambda: peer.node.count_subscribers(topic) > 0 or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
-    assert ready and node.process.poll() is None, node.log_text()[-3000:]
 
 
 def stamped(msg, index: int):

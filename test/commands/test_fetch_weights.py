@@ -314,16 +314,15 @@ def test_node_with_auto_weights_offline_stays_unconfigured_alive_and_says_why(tm
     """The real SAN-B release, its host unreachable (HF_ENDPOINT on a port nothing listens on)."""
     from diagnostic_msgs.msg import DiagnosticArray
 
-    from ovseg_ros.commands.node_driver import NodeProcess
     from ovseg_ros.srv import SetVocabulary
 
-    from node_settings import NODE_READY_TIMEOUT_S
+    from node_settings import NODE_READY_TIMEOUT_S, started_node, stopped
 
     with socket.socket() as probe:  # a free port, closed again: connection refused
         probe.bind(("127.0.0.1", 0))
         endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
     env = {"OVSEG_WEIGHTS_DIR": str(tmp_path / "weights"), "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(tmp_path / "hf")}
-    node = NodeProcess({"namespace": "w_auto", "image_topic": "/w_auto/image_raw", "model": "san_vit_b_16", "weights": "auto", "device": "cpu"}, tmp_path / "node.log", env=env)
+    node = started_node(tmp_path, "w_auto", model="san_vit_b_16", weights="auto", env=env)
     try:
         diagnostics = peer.record("/diagnostics", DiagnosticArray)
         expected = f"cannot download the san_vit_b_16 weights from {endpoint}/Mendel192/san/resolve/main/san_vit_b_16.pth"
@@ -339,4 +338,4 @@ def test_node_with_auto_weights_offline_stays_unconfigured_alive_and_says_why(tm
         assert expected in failure and "python -m ovseg_ros.commands.fetch_weights san_vit_b_16" in failure, "one line: the URL and what to do"
         assert files_in(tmp_path / "weights") == []
     finally:
-        assert node.stop() == 0
+        assert stopped(node) == 0, node.log_text()[-2000:]

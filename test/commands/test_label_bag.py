@@ -21,7 +21,7 @@ from ovseg_ros.engine.builder import PipelineSettings, build_pipeline
 from ovseg_ros.commands import label_bag
 from ovseg_ros.commands.node_driver import Peer
 
-from node_settings import TEST_MODEL, answer_timeout, matched_image_publisher, start_node, wait_until_serving
+from node_settings import TEST_MODEL, answer_timeout, matched_image_publisher, serving_node
 from bag_support import HEIGHT, WIDTH, VOCABULARY, SETTINGS, OFFLINE_ARGS, RAW_TOPIC, COMPRESSED_TOPIC, INFO_TOPIC, raw_frame, compressed_frame, write_bag, read_bag, header_key
 
 def mixed_bag(path: Path, storage: StoragePlugin):
@@ -121,22 +121,21 @@ def test_image_topics_raw_preferred_and_clashing_cameras_refused():
 def test_offline_outputs_equal_the_nodes_for_the_same_frames(tmp_path):
     """The node (own process, over DDS) and label_bag label the same frames identically."""
     namespace, camera = "offline_vs_node", "/cam/image_raw"
-    node = start_node(namespace, camera, tmp_path / "node.log", VOCABULARY, [arg for key, value in SETTINGS.items() for arg in ("-p", f"{key}:={value}")])
+    settings = [arg for key, value in SETTINGS.items() for arg in ("-p", f"{key}:={value}")]
     peer = Peer("label_bag_peer")
     try:
         labels = peer.record(f"/{namespace}/segmentation/label", Image)
         infos = peer.record(f"/{namespace}/segmentation/info", SegmentationInfo)
-        wait_until_serving(peer, node, camera)
-        publisher = matched_image_publisher(peer, camera)
-        frames = [raw_frame(index) for index in (0, 4, 8)]
-        for frame in frames:  # one at a time: the node's latest-frame policy drops nothing
-            publisher.publish(frame)
-            assert peer.wait_for(lambda frame=frame: any(header_key(i.header) == header_key(frame.header) for i in infos.decoded()), answer_timeout()), f"no answer to frame {frame.header.stamp.sec}\n{node.log_text()[-2000:]}"
-        node_labels = {header_key(m.header): m for m in labels.decoded()}
-        node_infos = {header_key(m.header): m for m in infos.decoded()}
+        with serving_node(peer, tmp_path, namespace, *settings, vocabulary=VOCABULARY, image_topic=camera) as node:
+            publisher = matched_image_publisher(peer, camera)
+            frames = [raw_frame(index) for index in (0, 4, 8)]
+            for frame in frames:  # one at a time: the node's latest-frame policy drops nothing
+                publisher.publish(frame)
+                assert peer.wait_for(lambda frame=frame: any(header_key(i.header) == header_key(frame.header) for i in infos.decoded()), answer_timeout()), f"no answer to frame {frame.header.stamp.sec}\n{node.log_text()[-2000:]}"
+            node_labels = {header_key(m.header): m for m in labels.decoded()}
+            node_infos = {header_key(m.header): m for m in infos.decoded()}
     finally:
         peer.close()
-        assert node.stop() == 0, node.log_text()[-2000:]
 
     write_bag(tmp_path / "in", [(camera, "sensor_msgs/msg/Image", frame) for frame in frames])
     assert label_bag.main([str(tmp_path / "in"), str(tmp_path / "out"), *OFFLINE_ARGS]) == 0

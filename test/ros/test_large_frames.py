@@ -11,7 +11,7 @@ from sensor_msgs.msg import Image
 from ovseg_ros.msg import SegmentationInfo
 
 from node_settings import answer_timeout, resend_until
-from node_settings import answered, raw_image, start, wait_ready
+from node_settings import answered, raw_image, serving_node
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 
@@ -29,11 +29,9 @@ QOS_OVERRIDES_YAML = """\
 def test_a_4k_frame_arrives_over_a_reliable_input_and_is_answered(tmp_path, peer):
     overrides = tmp_path / "qos.yaml"
     overrides.write_text(QOS_OVERRIDES_YAML)
-    node = start(tmp_path, "big", "--params-file", str(overrides))
-    try:
+    with serving_node(peer, tmp_path, "big", "--params-file", str(overrides)) as node:
         infos = peer.record("/big/segmentation/info", SegmentationInfo)
         labels = peer.record("/big/segmentation/label", Image)
-        wait_ready(peer, node, "/big/image_raw")
         (endpoint,) = peer.node.get_subscriptions_info_by_topic("/big/image_raw")
         assert endpoint.qos_profile.reliability == ReliabilityPolicy.RELIABLE, "the override made the input reliable"
         images = peer.node.create_publisher(Image, "/big/image_raw", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
@@ -48,5 +46,3 @@ def test_a_4k_frame_arrives_over_a_reliable_input_and_is_answered(tmp_path, peer
         assert (label.height, label.width, label.encoding) == (2160, 3840, "mono8")
         assert np.frombuffer(bytes(label.data), np.uint8).size == 3840 * 2160
         print(f"4K frame answered {answer_s:.1f} s after it was sent")
-    finally:
-        assert node.stop() == 0, node.log_text()[-2000:]

@@ -23,10 +23,10 @@ from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import TEST_MODEL, answer_timeout, latest_diagnostics, resend_until, start_node, wait_until_serving
+from node_settings import TEST_MODEL, answer_timeout, latest_diagnostics, resend_until, serving_node
 
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
-pytestmark = pytest.mark.usefixtures("ros2_tools")
+pytestmark = pytest.mark.usefixtures("ros2_tools", "node")
 
 NAMESPACE = "robot1"
 CAMERA_TOPIC = "/cam/front/image_raw"
@@ -36,18 +36,16 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    process = start_node(NAMESPACE, CAMERA_TOPIC, tmp_path_factory.mktemp("node") / "node.log", VOCABULARY)
-    yield process
-    assert process.stop() == 0, process.log_text()[-2000:]
+def node(tmp_path_factory, peer):
+    with serving_node(peer, tmp_path_factory.mktemp("node"), NAMESPACE, vocabulary=VOCABULARY, image_topic=CAMERA_TOPIC) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
-def peer(node):
+def peer():
     peer = Peer("test_peer")
     for topic, kind in (("label", Image), ("color", Image), ("info", SegmentationInfo)):
         peer.record(f"/{NAMESPACE}/segmentation/{topic}", kind)
-    wait_until_serving(peer, node, CAMERA_TOPIC)
     yield peer
     peer.close()
 

@@ -23,11 +23,11 @@ from ovseg_ros.srv import SetVocabulary
 from ovseg_ros.commands.node_driver import Peer
 from ovseg_ros.engine.vocabulary import load_class_list
 
-from node_settings import counters_add_up, fresh_counters, latest_diagnostics, matched_image_publisher, start_node, wait_until_serving
+from node_settings import counters_add_up, fresh_counters, latest_diagnostics, matched_image_publisher, serving_node
 from node_settings import raw_image
 
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
-pytestmark = pytest.mark.usefixtures("ros2_tools")
+pytestmark = pytest.mark.usefixtures("ros2_tools", "node")
 
 NAMESPACE = "budget"
 NODE = f"/{NAMESPACE}/ovseg"
@@ -44,19 +44,17 @@ measured: dict[str, float] = {}  # filled as the tests run, printed at the end (
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    process = start_node(NAMESPACE, CAMERA_TOPIC, tmp_path_factory.mktemp("budget") / "node.log", VOCABULARY, ["-p", "model:=sed_tiny_dev", "-p", "cpu_threads:=1"])
-    yield process
-    assert process.stop() == 0, process.log_text()[-2000:]
+def node(tmp_path_factory, peer):
+    with serving_node(peer, tmp_path_factory.mktemp("budget"), NAMESPACE, "-p", "cpu_threads:=1", vocabulary=VOCABULARY, model="sed_tiny_dev") as process:
+        yield process
     print("\nmeasured:", ", ".join(f"{name} {value:.1f}" for name, value in measured.items()))
 
 
 @pytest.fixture(scope="module")
-def peer(node):
+def peer():
     peer = Peer("budget_peer")
     peer.record(INFO_TOPIC, SegmentationInfo)
     peer.record("/diagnostics", DiagnosticArray)
-    wait_until_serving(peer, node, CAMERA_TOPIC)
     yield peer
     peer.close()
 

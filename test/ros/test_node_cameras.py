@@ -28,7 +28,7 @@ from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 from ovseg_ros.commands.node_driver import NodeProcess, Peer
 
-from node_settings import FRAME_COUNTERS, NODE_READY_TIMEOUT_S, TEST_MODEL, Lifecycle, answer_timeout, counters_add_up, latest_diagnostics, matched_image_publisher
+from node_settings import FRAME_COUNTERS, NODE_READY_TIMEOUT_S, Lifecycle, answer_timeout, counters_add_up, latest_diagnostics, matched_image_publisher, started_node, stopped
 from node_settings import TEST_LAUNCH_ARGUMENTS, THREE_CAMERA_LAUNCH
 from ros2_cli import LaunchProcess, in_graph, subscriptions_of, wait_until_active
 
@@ -99,15 +99,10 @@ class CameraOutputs:
         return {stamp_ns(info.header) for info in self.infos.decoded()}
 
 
-def start_cameras_node(namespace: str, cameras: list[str], log_path: Path, extra_args: list[str] = (), env: dict[str, str] | None = None) -> NodeProcess:
+def start_cameras_node(namespace: str, cameras: list[str], log_dir: Path, extra_args: list[str] = (), env: dict[str, str] | None = None) -> NodeProcess:
     """The node with the test model on the CPU in ``namespace``, camera NAME on ``/<namespace>/NAME/image``
     (the ``cameras`` launch argument without ``image_topics``: no remapping)."""
-    return NodeProcess(
-        {"namespace": namespace, "cameras": f"[{', '.join(cameras)}]", "model": TEST_MODEL, "device": "cpu"},
-        log_path,
-        extra_args=["-p", f"vocabulary:=[{', '.join(VOCABULARY)}]", *extra_args],
-        env=env,
-    )
+    return started_node(log_dir, namespace, *extra_args, vocabulary=VOCABULARY, env=env, cameras=f"[{', '.join(cameras)}]")
 
 
 def wait_for_subscriptions(peer: Peer, node: NodeProcess, topics: list[str]) -> None:
@@ -170,7 +165,7 @@ OVERLOAD_MAX_BATCH = 2
 def test_three_cameras_own_headers_fair_shares_and_a_stopped_camera(peer, tmp_path):
     namespace = "cams_three"
     node_path = f"/{namespace}/ovseg"
-    node = start_cameras_node(namespace, list(THREE_CAMERAS), tmp_path / "node.log", ["-p", f"max_batch:={OVERLOAD_MAX_BATCH}"], env={"OVSEG_TEST_FRAME_DELAY_S": str(OVERLOAD_DELAY_S)})
+    node = start_cameras_node(namespace, list(THREE_CAMERAS), tmp_path, ["-p", f"max_batch:={OVERLOAD_MAX_BATCH}"], env={"OVSEG_TEST_FRAME_DELAY_S": str(OVERLOAD_DELAY_S)})
     try:
         outputs = {name: CameraOutputs(peer, f"/{namespace}/{name}") for name in THREE_CAMERAS}
         diagnostics = peer.record("/diagnostics", DiagnosticArray)
@@ -259,7 +254,7 @@ def test_three_cameras_own_headers_fair_shares_and_a_stopped_camera(peer, tmp_pa
         for info in infos:
             assert 1 <= info.batch_size <= OVERLOAD_MAX_BATCH and len(cameras_by_pass[info.model_pass]) <= info.batch_size
     finally:
-        assert node.stop() == 0, node.log_text()[-2000:]
+        assert stopped(node) == 0, node.log_text()[-2000:]
 
 
 # -- a vocabulary change while three cameras stream --------------------------------------------
@@ -273,7 +268,7 @@ def test_vocabulary_change_applies_to_every_camera_from_one_model_pass_on(peer, 
     namespace = "cams_vocabulary"
     node_path = f"/{namespace}/ovseg"
     cameras = {"front": (120, 160, 10.0), "left": (90, 120, 8.0), "rear": (120, 160, 12.0)}
-    node = start_cameras_node(namespace, list(cameras), tmp_path / "node.log", env={"OVSEG_TEST_FRAME_DELAY_S": str(VOCABULARY_DELAY_S)})
+    node = start_cameras_node(namespace, list(cameras), tmp_path, env={"OVSEG_TEST_FRAME_DELAY_S": str(VOCABULARY_DELAY_S)})
     try:
         outputs = {name: CameraOutputs(peer, f"/{namespace}/{name}") for name in cameras}
         class_maps = peer.record(f"/{namespace}/segmentation/label_info", ClassMap, LATCHED)
@@ -325,7 +320,7 @@ def test_vocabulary_change_applies_to_every_camera_from_one_model_pass_on(peer, 
         new_map_at = min(t for (t, _), class_map in zip(class_maps.messages, class_maps.decoded()) if class_map.vocabulary_version == new_version)
         assert new_map_at <= min(t for t, info in timed_infos if info.vocabulary_version == new_version) + 50_000_000
     finally:
-        assert node.stop() == 0, node.log_text()[-2000:]
+        assert stopped(node) == 0, node.log_text()[-2000:]
 
 
 # -- the README's 3-camera launch line ---------------------------------------------------------
@@ -368,11 +363,7 @@ def test_readme_three_camera_launch_line(peer, tmp_path):
 def test_bad_cameras_leave_the_node_unconfigured_until_good_ones_are_set(peer, tmp_path):
     namespace = "cams_bad"
     node_path = f"/{namespace}/ovseg"
-    node = NodeProcess(
-        {"namespace": namespace, "model": TEST_MODEL, "device": "cpu"},
-        tmp_path / "node.log",
-        extra_args=["-p", f"vocabulary:=[{', '.join(VOCABULARY)}]", "-p", "cameras:=[front, front]"],
-    )
+    node = started_node(tmp_path, namespace, "-p", "cameras:=[front, front]", vocabulary=VOCABULARY, image_topic=f"/{namespace}/image_raw")
     try:
         diagnostics = peer.record("/diagnostics", DiagnosticArray)
         lifecycle = Lifecycle(peer, node_path)
@@ -413,7 +404,7 @@ def test_bad_cameras_leave_the_node_unconfigured_until_good_ones_are_set(peer, t
 
         assert peer.wait_for(serving, 10.0), latest_diagnostics(diagnostics, node=node_path)
     finally:
-        assert node.stop() == 0, node.log_text()[-2000:]
+        assert stopped(node) == 0, node.log_text()[-2000:]
 
 
 # -- deactivate while a batch of two cameras is in flight ------------------------------------
@@ -425,7 +416,7 @@ def test_deactivate_during_a_batch_publishes_nothing_then_both_cameras_resume(pe
     namespace = "cams_race"
     node_path = f"/{namespace}/ovseg"
     cameras = {"front": (120, 160, 10.0), "rear": (90, 120, 10.0)}
-    node = start_cameras_node(namespace, list(cameras), tmp_path / "node.log", env={"OVSEG_TEST_FRAME_DELAY_S": str(RACE_DELAY_S)})
+    node = start_cameras_node(namespace, list(cameras), tmp_path, env={"OVSEG_TEST_FRAME_DELAY_S": str(RACE_DELAY_S)})
     try:
         outputs = {name: CameraOutputs(peer, f"/{namespace}/{name}") for name in cameras}
         diagnostics = peer.record("/diagnostics", DiagnosticArray)
@@ -473,4 +464,4 @@ def test_deactivate_during_a_batch_publishes_nothing_then_both_cameras_resume(pe
         assert lifecycle.state() == "active" and node.process.poll() is None
         assert "Traceback" not in node.log_text()
     finally:
-        assert node.stop() == 0, node.log_text()[-2000:]
+        assert stopped(node) == 0, node.log_text()[-2000:]

@@ -16,17 +16,15 @@ from ovseg_ros.ros.bags import synthetic_frame
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import NODE_READY_TIMEOUT_S, RELIABLE, answered, answer_timeout, raw_image, resend_until, start, stamped, wait_ready
+from node_settings import NODE_READY_TIMEOUT_S, RELIABLE, answered, answer_timeout, raw_image, resend_until, serving_node, stamped, started_node, stopped, wait_until_serving
 
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 
 def test_compressed_input_with_camera_info(tmp_path, peer):
-    node = start(tmp_path, "cam2", "-p", "input_transport:=compressed", "-p", "use_camera_info:=true")
-    try:
+    with serving_node(peer, tmp_path, "cam2", "-p", "input_transport:=compressed", "-p", "use_camera_info:=true", ready_topic="/cam2/image_raw/compressed") as node:
         infos = peer.record("/cam2/segmentation/info", SegmentationInfo)
         camera_infos = peer.record("/cam2/segmentation/camera_info", CameraInfo)
-        wait_ready(peer, node, "/cam2/image_raw/compressed")
         images = peer.node.create_publisher(CompressedImage, "/cam2/image_raw/compressed", RELIABLE)
         calibration = peer.node.create_publisher(CameraInfo, "/cam2/camera_info", RELIABLE)
         assert peer.wait_for(lambda: images.get_subscription_count() and calibration.get_subscription_count(), 10.0)
@@ -49,12 +47,10 @@ def test_compressed_input_with_camera_info(tmp_path, peer):
         assert peer.wait_for(lambda: answered(camera_infos, 2), 5.0)
         republished = next(m for m in camera_infos.decoded() if m.header.stamp.sec == 2002)
         assert (republished.width, republished.height, republished.header.frame_id) == (160, 120, "cam")
-    finally:
-        assert node.stop() == 0
 
 
 def test_lifecycle_without_autostart(tmp_path, peer):
-    node = start(tmp_path, "lc", "-p", "autostart:=false")
+    node = started_node(tmp_path, "lc", "-p", "autostart:=false")
     try:
         get_state = peer.node.create_client(GetState, "/lc/ovseg/get_state")
         change = peer.node.create_client(ChangeState, "/lc/ovseg/change_state")
@@ -65,7 +61,7 @@ def test_lifecycle_without_autostart(tmp_path, peer):
         for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
             assert peer.call(change, ChangeState.Request(transition=Transition(id=transition)), timeout=NODE_READY_TIMEOUT_S).success
         infos = peer.record("/lc/segmentation/info", SegmentationInfo)
-        wait_ready(peer, node, "/lc/image_raw")
+        wait_until_serving(peer, node, "/lc/image_raw")
         images = peer.node.create_publisher(Image, "/lc/image_raw", RELIABLE)
         assert peer.wait_for(lambda: images.get_subscription_count() > 0, 10.0)
         assert resend_until(images, raw_image(1), lambda: answered(infos, 1), peer, answer_timeout())
@@ -76,7 +72,7 @@ def test_lifecycle_without_autostart(tmp_path, peer):
         assert not answered(infos, 2), "an inactive node ignores frames"
         assert peer.call(get_state, GetState.Request()).current_state.id == State.PRIMARY_STATE_INACTIVE
     finally:
-        assert node.stop() == 0
+        assert stopped(node) == 0, node.log_text()[-2000:]
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])
@@ -84,7 +80,7 @@ def test_bad_weights_leave_the_node_up_and_saying_why(tmp_path, peer, problem):
     weights = tmp_path / "model_final.pth"
     if problem == "corrupt":
         weights.write_bytes(b"PK\x03\x04 this is not a checkpoint")
-    node = start(tmp_path, f"w_{problem}", weights=str(weights))
+    node = started_node(tmp_path, f"w_{problem}", weights=str(weights))
     try:
         diagnostics = peer.record("/diagnostics", DiagnosticArray)
         expected = "checkpoint not found" if problem == "missing" else "cannot read checkpoint"
@@ -97,16 +93,14 @@ def test_bad_weights_leave_the_node_up_and_saying_why(tmp_path, peer, problem):
         assert not response.success and expected in response.message
         assert node.process.poll() is None and expected in node.log_text()
     finally:
-        assert node.stop() == 0
+        assert stopped(node) == 0, node.log_text()[-2000:]
 
 
 def test_slow_model_under_a_30hz_camera_answers_the_newest_frame(tmp_path, peer):
     # Full-HD frames make even the tiny model slower than the camera.
-    node = start(tmp_path, "fast_cam", "-p", "input_short_edge:=1080")
-    try:
+    with serving_node(peer, tmp_path, "fast_cam", "-p", "input_short_edge:=1080"):
         infos = peer.record("/fast_cam/segmentation/info", SegmentationInfo)
         diagnostics = peer.record("/diagnostics", DiagnosticArray)
-        wait_ready(peer, node, "/fast_cam/image_raw")
         images = peer.node.create_publisher(Image, "/fast_cam/image_raw", RELIABLE)
         assert peer.wait_for(lambda: images.get_subscription_count() > 0, 10.0)
         frames = [raw_image(i, 1080, 1920) for i in range(60)]
@@ -127,15 +121,11 @@ def test_slow_model_under_a_30hz_camera_answers_the_newest_frame(tmp_path, peer)
 
         assert peer.wait_for(lambda: dropped() > 0, 3.0), "dropped frames are counted"
         assert dropped() + len(stamps) <= 60
-    finally:
-        assert node.stop() == 0
 
 
 def test_input_qos_can_be_overridden(tmp_path, peer):
-    node = start(tmp_path, "qos", "-p", "qos_overrides./qos/image_raw.subscription.reliability:=reliable")
-    try:
+    with serving_node(peer, tmp_path, "qos", "-p", "qos_overrides./qos/image_raw.subscription.reliability:=reliable"):
         infos = peer.record("/qos/segmentation/info", SegmentationInfo)
-        wait_ready(peer, node, "/qos/image_raw")
         best_effort = peer.node.create_publisher(Image, "/qos/image_raw", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
         time.sleep(1.0)
         for _ in range(5):
@@ -145,15 +135,11 @@ def test_input_qos_can_be_overridden(tmp_path, peer):
         reliable = peer.node.create_publisher(Image, "/qos/image_raw", RELIABLE)
         assert peer.wait_for(lambda: reliable.get_subscription_count() > 0, 10.0)
         assert resend_until(reliable, raw_image(2), lambda: answered(infos, 2), peer, answer_timeout())
-    finally:
-        assert node.stop() == 0
 
 
 def test_max_rate_limits_processing(tmp_path, peer):
-    node = start(tmp_path, "slow_rate", "-p", "max_rate_hz:=2.0")
-    try:
+    with serving_node(peer, tmp_path, "slow_rate", "-p", "max_rate_hz:=2.0"):
         infos = peer.record("/slow_rate/segmentation/info", SegmentationInfo)
-        wait_ready(peer, node, "/slow_rate/image_raw")
         images = peer.node.create_publisher(Image, "/slow_rate/image_raw", RELIABLE)
         assert peer.wait_for(lambda: images.get_subscription_count() > 0, 10.0)
         start_time = time.monotonic()
@@ -165,5 +151,3 @@ def test_max_rate_limits_processing(tmp_path, peer):
         time.sleep(1.0)
         answered_count = len(infos.messages)
         assert 3 <= answered_count <= 2.0 * 4 + 1, f"{answered_count} frames answered in ~4 s at max_rate_hz 2"
-    finally:
-        assert node.stop() == 0

@@ -18,10 +18,10 @@ from ovseg_ros.commands.node_driver import Peer
 from ovseg_ros.engine.image_codec import message_bytes
 from ovseg_ros.ros.bags import synthetic_frame
 
-from node_settings import answer_timeout, counters_add_up, fresh_counters, latest_diagnostics, matched_image_publisher, resend_until, start_node, wait_until_serving
+from node_settings import answer_timeout, counters_add_up, fresh_counters, latest_diagnostics, matched_image_publisher, resend_until, serving_node
 
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
-pytestmark = pytest.mark.usefixtures("ros2_tools")
+pytestmark = pytest.mark.usefixtures("ros2_tools", "node")
 
 NAMESPACE = "enc"
 CAMERA_TOPIC = f"/{NAMESPACE}/image_raw"
@@ -38,12 +38,8 @@ def peer():
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, peer):
-    process = start_node(NAMESPACE, CAMERA_TOPIC, tmp_path_factory.mktemp("encodings") / "node.log", ["wall", "floor", "box"])
-    try:
-        wait_until_serving(peer, process, CAMERA_TOPIC)
+    with serving_node(peer, tmp_path_factory.mktemp("encodings"), NAMESPACE, vocabulary=["wall", "floor", "box"]) as process:
         yield process
-    finally:
-        assert process.stop() == 0, process.log_text()[-2000:]
 
 
 @pytest.fixture(scope="module")

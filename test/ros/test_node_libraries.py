@@ -17,7 +17,7 @@ from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
 from node_settings import answer_timeout, latest_diagnostics
-from node_settings import answered, raw_image, start, wait_ready
+from node_settings import answered, raw_image, serving_node
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 
@@ -37,11 +37,9 @@ def peer():
 def paired_node(tmp_path_factory, peer):
     """use_camera_info with exact stamps (the default slop 0), min_score 0.25; one torch
     thread, so a big text encoding takes seconds on any machine."""
-    args = ["use_camera_info:=true", "min_score:=0.25", f"vocabulary:=[{', '.join(VOCABULARY)}]", "cpu_threads:=1"]
-    node = start(tmp_path_factory.mktemp("libs"), "libs", *(arg for value in args for arg in ("-p", value)))
-    wait_ready(peer, node, "/libs/image_raw")
-    yield node
-    assert node.stop() == 0, node.log_text()[-2000:]
+    args = ["use_camera_info:=true", "min_score:=0.25", "cpu_threads:=1"]
+    with serving_node(peer, tmp_path_factory.mktemp("libs"), "libs", *(arg for value in args for arg in ("-p", value)), vocabulary=VOCABULARY) as node:
+        yield node
 
 
 def set_vocabulary(peer: Peer, namespace: str, labels: list[str]):
@@ -121,13 +119,9 @@ def test_camera_info_is_paired_with_its_frame_by_stamp(paired_node, peer):
 
 
 def test_camera_info_pairs_within_the_slop(tmp_path, peer):
-    node = start(tmp_path, "libs_slop", "-p", "use_camera_info:=true", "-p", "camera_info_sync_slop_s:=0.02")
-    try:
-        wait_ready(peer, node, "/libs_slop/image_raw")
+    with serving_node(peer, tmp_path, "libs_slop", "-p", "use_camera_info:=true", "-p", "camera_info_sync_slop_s:=0.02"):
         # 5 ms late, as a driver that stamps camera_info on its own; decoys 40 ms away.
         check_each_frame_gets_its_own_camera_info(peer, "libs_slop", 5 * 10**6, near_decoys_ns=(40 * 10**6, -40 * 10**6))
-    finally:
-        assert node.stop() == 0, node.log_text()[-2000:]
 
 
 def test_frames_without_their_camera_info_are_not_processed_and_counted(paired_node, peer):

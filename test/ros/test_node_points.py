@@ -18,7 +18,7 @@ from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.commands.node_driver import Peer
 
 from node_settings import answer_timeout, latest_diagnostics
-from node_settings import RELIABLE, answered, raw_image, start, wait_ready
+from node_settings import RELIABLE, answered, raw_image, serving_node
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
 
@@ -37,11 +37,9 @@ def peer():
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, peer):
-    args = ["use_depth:=true", f"depth_sync_slop_s:={SLOP_S}", "points_stride:=2", "vocabulary:=[wall, floor, box]"]
-    process = start(tmp_path_factory.mktemp("points"), NAMESPACE, *(arg for value in args for arg in ("-p", value)))
-    wait_ready(peer, process, f"/{NAMESPACE}/image_raw")
-    yield process
-    assert process.stop() == 0, process.log_text()[-2000:]
+    args = ["use_depth:=true", f"depth_sync_slop_s:={SLOP_S}", "points_stride:=2"]
+    with serving_node(peer, tmp_path_factory.mktemp("points"), NAMESPACE, *(arg for value in args for arg in ("-p", value)), vocabulary=["wall", "floor", "box"]) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from ovseg_ros.commands.node_driver import Peer
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import Lifecycle, answer_timeout, counters_add_up, fresh_counters, resend_until, matched_image_publisher, start_node, wait_until_serving
+from node_settings import Lifecycle, answer_timeout, counters_add_up, fresh_counters, resend_until, matched_image_publisher, serving_node
 from node_settings import raw_image
 
 NAMESPACE = "races"
@@ -31,24 +31,23 @@ VOCABULARY = ["wall", "floor"]
 FRAME_DELAY_S = 0.3
 COLD_CLASSES = 4000  # several seconds of text encoding on one CPU thread
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
-pytestmark = pytest.mark.usefixtures("ros2_tools")
+pytestmark = pytest.mark.usefixtures("ros2_tools", "node")
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    process = start_node(NAMESPACE, CAMERA_TOPIC, tmp_path_factory.mktemp("races") / "node.log", VOCABULARY, ["-p", "cpu_threads:=1"], env={"OVSEG_TEST_FRAME_DELAY_S": str(FRAME_DELAY_S)})
-    yield process
-    assert process.stop() == 0, process.log_text()[-2000:]
+def node(tmp_path_factory, peer):
+    with serving_node(peer, tmp_path_factory.mktemp("races"), NAMESPACE, "-p", "cpu_threads:=1", vocabulary=VOCABULARY, env={"OVSEG_TEST_FRAME_DELAY_S": str(FRAME_DELAY_S)},
+                      class_map_topic=f"/{NAMESPACE}/segmentation/label_info") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
-def peer(node):
+def peer():
     peer = Peer("races_peer")
     peer.record(f"/{NAMESPACE}/segmentation/info", SegmentationInfo)
     peer.record(f"/{NAMESPACE}/segmentation/label_info", ClassMap, LATCHED)
     peer.record("/diagnostics", DiagnosticArray)
-    wait_until_serving(peer, node, CAMERA_TOPIC, f"/{NAMESPACE}/segmentation/label_info")
     yield peer
     peer.close()
 

@@ -12,15 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from ovseg_ros.commands.node_driver import NodeProcess, Peer
+from ovseg_ros.commands.node_driver import NodeProcess
 from ovseg_ros.msg import SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 
-from node_settings import NODE_READY_TIMEOUT_S, TEST_MODEL, answer_timeout
-from node_settings import participant_segments, raw_image
+from node_settings import RELIABLE, answer_timeout, participant_segments, raw_image, started_node, stopped, wait_until_serving
 
 # launch's default sigterm_timeout: SIGINT, then SIGTERM this long after.
 LAUNCH_SIGTERM_TIMEOUT_S = 5.0
@@ -34,18 +32,6 @@ SCHEDULES = {
 ROUNDS = 3
 # The node imports message_filters, vision_msgs and diagnostic_updater (../shared/ros2 here).
 pytestmark = pytest.mark.usefixtures("ros2_tools")
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def start(tmp_path, namespace: str, *extra: str, env: dict[str, str] | None = None) -> NodeProcess:
-    values = {"namespace": namespace, "image_topic": f"/{namespace}/image_raw", "model": TEST_MODEL, "device": "cpu"}
-    return NodeProcess(values, tmp_path / f"{namespace}.log", extra_args=list(extra), env=env)
-
-
-def wait_ready(peer: Peer, nodes: dict[str, NodeProcess]) -> None:
-    for namespace, node in nodes.items():
-        ready = peer.wait_for(lambda: peer.node.count_subscribers(f"/{namespace}/image_raw") > 0 or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
-        assert ready and node.process.poll() is None, node.log_text()[-3000:]
 
 
 def signal_and_time(node: NodeProcess, schedule, results: dict, key: str) -> None:
@@ -69,11 +55,12 @@ def clean_log(text: str) -> bool:
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_shutdown_is_clean_under_repeated_sigint_and_sigterm(tmp_path, peer, round_):
-    nodes = {f"stop{round_}_{name}": start(tmp_path, f"stop{round_}_{name}") for name in SCHEDULES}
+    nodes = {f"stop{round_}_{name}": started_node(tmp_path, f"stop{round_}_{name}") for name in SCHEDULES}  # starting at once
     stop_streaming = threading.Event()
     try:
         infos = {namespace: peer.record(f"/{namespace}/segmentation/info", SegmentationInfo) for namespace in nodes}
-        wait_ready(peer, nodes)
+        for namespace, node in nodes.items():
+            wait_until_serving(peer, node, f"/{namespace}/image_raw")
         segments = {namespace: participant_segments(node.process.pid) for namespace, node in nodes.items()}
         publishers = [peer.node.create_publisher(Image, f"/{namespace}/image_raw", RELIABLE) for namespace in nodes]
 
@@ -100,7 +87,7 @@ def test_shutdown_is_clean_under_repeated_sigint_and_sigterm(tmp_path, peer, rou
     finally:
         stop_streaming.set()
         for node in nodes.values():
-            node.stop()
+            stopped(node)
     report = {namespace: (code, f"{seconds:.2f} s") for namespace, (code, seconds) in results.items()}
     print(report)
     assert all(code == 0 for code, _ in results.values()), report
@@ -114,9 +101,9 @@ def test_shutdown_is_clean_under_repeated_sigint_and_sigterm(tmp_path, peer, rou
 
 
 def test_vocabulary_change_in_flight_at_shutdown_answers_failure(tmp_path, peer):
-    node = start(tmp_path, "stop_vocabulary", "-p", "cpu_threads:=1")
+    node = started_node(tmp_path, "stop_vocabulary", "-p", "cpu_threads:=1")
     try:
-        wait_ready(peer, {"stop_vocabulary": node})
+        wait_until_serving(peer, node, "/stop_vocabulary/image_raw")
         client = peer.node.create_client(SetVocabulary, "/stop_vocabulary/ovseg/set_vocabulary")
         assert client.wait_for_service(10.0)
         pending = client.call_async(SetVocabulary.Request(labels=[f"never seen {i}" for i in range(4000)]))
@@ -127,7 +114,7 @@ def test_vocabulary_change_in_flight_at_shutdown_answers_failure(tmp_path, peer)
         assert peer.wait_for(pending.done, 5.0), "the waiting call was answered before the node went"
         response = pending.result()
     finally:
-        node.stop()
+        stopped(node)
     code, seconds = results["node"]
     assert code == 0 and seconds < LAUNCH_SIGTERM_TIMEOUT_S, (code, seconds)
     assert not response.success and "shutting down" in response.message, response.message
