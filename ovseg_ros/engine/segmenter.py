@@ -139,7 +139,7 @@ class Segmenter:
         pass; SED runs its CLIP tower on the batch and its decoder (cost volume, CER) per image."""
         return self.model.supports_batches
 
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         dtype = PRECISIONS[self.precision]
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 

@@ -9,7 +9,7 @@ from torch.profiler import record_function
 from .scores import ClassScores
 
 
-def stage(name: str):
+def stage(name: str) -> record_function:
     """Label a pipeline stage for ``torch.profiler`` (what ``tools.bench`` reports per stage).
 
     Costs next to nothing while no profiler is recording.

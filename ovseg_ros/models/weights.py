@@ -289,7 +289,7 @@ class _DriveForm(html.parser.HTMLParser):
         self.title = ""
         self._in_title = False
 
-    def handle_starttag(self, tag, attrs):
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attrs = dict(attrs)
         if tag == "form" and self.action is None:
             self.action = attrs.get("action")
@@ -297,10 +297,10 @@ class _DriveForm(html.parser.HTMLParser):
             self.fields[attrs["name"]] = attrs.get("value") or ""
         self._in_title = tag == "title"
 
-    def handle_endtag(self, tag):
+    def handle_endtag(self, tag: str) -> None:
         self._in_title = False
 
-    def handle_data(self, data):
+    def handle_data(self, data: str) -> None:
         if self._in_title:
             self.title += data
 
@@ -380,7 +380,7 @@ def _download_http(model: str, entry: Release, log: Callable[[str], None]) -> Pa
             raise _failure(model, address, error) from error
 
 
-def _range_start(response) -> int | None:
+def _range_start(response: http.client.HTTPResponse) -> int | None:
     """The first byte of a 206 answer (``Content-Range: bytes START-END/TOTAL``)."""
     value = response.headers.get("Content-Range", "")
     try:

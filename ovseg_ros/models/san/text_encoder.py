@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .clip_encoder import ResidualAttentionBlock
+
+if TYPE_CHECKING:
+    from open_clip.tokenizer import SimpleTokenizer
 
 #: The authors' "vild" template set (``CLIP_TEMPLATE_SET``), in their order.
 VILD_TEMPLATES = (
@@ -37,7 +41,7 @@ VILD_TEMPLATES = (
 
 
 @functools.cache
-def _tokenizer():
+def _tokenizer() -> "SimpleTokenizer":
     """open_clip's CLIP BPE tokenizer (lower-cases, 77 tokens); loaded once, on first use."""
     from open_clip.tokenizer import SimpleTokenizer
 
