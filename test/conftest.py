@@ -14,8 +14,20 @@ from ovseg_ros.ros.environment import isolated_ros_environment
 # Before anything initialises rclpy: this run gets its own DDS domain and ROS_HOME, so
 # concurrent runs and stray nodes on the machine cannot interfere.
 _ROS_HOME = Path(tempfile.mkdtemp(prefix="ovseg_test_ros_home_"))
-# Fast DDS maps domain ids up to 232 to ports; 200 of them make two concurrent runs unlikely to share one.
-os.environ.update(isolated_ros_environment(_ROS_HOME, domain_id=1 + os.getpid() % 200))
+
+
+def _domain_id() -> int:
+    """This test process's DDS domain: Fast DDS maps ids up to 232 to ports; 200 of them make
+    two concurrent runs unlikely to share one, and the workers of one run (pytest-xdist) get
+    neighbouring ids of their own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    seed = int(run[:8], 16) if run else os.getpid()
+    return 1 + seed % (200 // workers) * workers + worker
+
+
+os.environ.update(isolated_ros_environment(_ROS_HOME, domain_id=_domain_id()))
 # Text-embedding cache of the nodes under test: fresh per run.
 os.environ["OVSEG_CACHE_DIR"] = str(_ROS_HOME / "cache")
 
