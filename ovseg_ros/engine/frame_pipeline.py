@@ -60,7 +60,8 @@ OUTPUT_RING = 4
 
 @dataclass(frozen=True)
 class RawImageData:
-    """The fields of a ``sensor_msgs/Image`` (``data`` may be any buffer: no copy is made)."""
+    """The fields of a ``sensor_msgs/Image`` (``data`` may be any buffer: no copy is made of a
+    writable one, such as a message's array; a read-only one, such as ``bytes``, is copied once)."""
 
     encoding: str
     height: int
@@ -309,8 +310,10 @@ class FramePipeline:
         # A vocabulary change is noticed once on each thread that has consumers of it, at the
         # first frame labeled with it (frames carry their vocabulary: the frames of the old one
         # still in flight finish with it), and each consumer is told once.
-        self._inferring_version = 0  # infer's thread: renderer, smoother
-        self._finishing_version = 0  # finish's thread (frames finish in order): CER budget, tracker
+        # None before the first frame: a vocabulary that was never installed (version 0, the
+        # warm-up frame's) is a change too.
+        self._inferring_version: int | None = None  # infer's thread: renderer, smoother
+        self._finishing_version: int | None = None  # finish's thread (frames finish in order): CER budget, tracker
         self._renderer: Renderer | None = None
         if self._cuda:
             self._upload_stream = torch.cuda.Stream(self.device)
@@ -334,12 +337,12 @@ class FramePipeline:
         clock = StageClock(self.device)
         start = time.perf_counter()
         with stage("decode"):
-            rgb = _decode(image)
+            rgb = _writable(_decode(image))
             depth_pixels = None
             if depth is not None:
                 depth.intrinsics.check()
                 raw = depth.image
-                depth_pixels = decode_depth(raw.encoding, raw.height, raw.width, raw.step, raw.data, raw.is_bigendian)
+                depth_pixels = _writable(decode_depth(raw.encoding, raw.height, raw.width, raw.step, raw.data, raw.is_bigendian))
         clock.host_ms["decode"] = (time.perf_counter() - start) * 1000.0
         intrinsics = depth.intrinsics if depth is not None else None
         if not self._cuda:
@@ -493,7 +496,7 @@ class FramePipeline:
         data = bytes(height * width * 3)
         every_output = OutputRequest(color=True, overlay=True, confidence=True, masks=(0,), masks_version=vocabulary.version)
         self.process(RawImageData("rgb8", height, width, width * 3, data), 0.0, every_output, vocabulary)
-        self.smoother.reset()
+        self.smoother.reset(None)  # the warm-up frame leaves no past behind
         if self.cer_budget is not None:
             self.cer_budget.reset()  # the warm-up frame's time is not the model's
         return (time.perf_counter() - start) * 1000.0
@@ -656,6 +659,12 @@ class FramePipeline:
         if self.cer_budget is not None:
             self.cer_budget.forget()  # another class count: the p95s measured at each K no longer hold
         self.tracker.reset(f"vocabulary version {vocabulary.version}")
+
+
+def _writable(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` themselves, or a copy where they view a read-only buffer (a frame given as
+    ``bytes``, the warm-up's): torch.from_numpy takes writable arrays only."""
+    return pixels if pixels.flags.writeable else pixels.copy()
 
 
 def _decode(image: ImageData) -> np.ndarray:

@@ -137,10 +137,12 @@ class TemporalSmoother:
         self._pasts: dict[str, _Past] = {}  # source -> its past
         self._forgotten: dict[str, str] = {}  # source -> why reset() dropped its past
 
-    def reset(self, reason: str = "reset") -> None:
+    def reset(self, reason: str | None = "reset") -> None:
         """Forget the past of every source; the next :meth:`update` of each returns its scores
-        unchanged, with ``reason`` as its :attr:`last_reset_reason`."""
-        self._forgotten.update(dict.fromkeys(self._pasts, reason))
+        unchanged, with ``reason`` as its :attr:`last_reset_reason` (None: as for a source never
+        seen, "no previous state")."""
+        if reason is not None:
+            self._forgotten.update(dict.fromkeys(self._pasts, reason))
         self._pasts.clear()
 
     def update(
