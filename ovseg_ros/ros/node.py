@@ -95,6 +95,7 @@ from ovseg_ros.ros.conversions import depth_data, frame_messages, image_data, st
 from ovseg_ros.ros.diagnostics import NodeState, SegmentationDiagnostics
 from ovseg_ros.ros.environment import destroy_participant
 from ovseg_ros.ros.node_parameters import declare_parameters, validate_parameters
+from ovseg_ros.ros.rclpy_compat import shutdown_executor
 from ovseg_ros.ros.topic_names import camera_prefixes
 from ovseg_ros.ros.vocabulary_changes import VocabularyChanges
 from ovseg_ros.srv import SetVocabulary
@@ -613,7 +614,7 @@ def _run_until_signal(context: Context, wake_read: int, wake_write: int) -> bool
         signal.signal(signum, signal.SIG_IGN)
     node.get_logger().info(f"{signal.Signals(wake).name if wake else 'executor stopped'}: shutting down")
     node.begin_shutdown()  # a callback waiting for a vocabulary change answers now
-    executor.shutdown(wait_for_threads=True)  # the callbacks running finish, answers go out
+    shutdown_executor(executor)  # the callbacks running finish, answers go out
     if not node.finalized:  # else a lifecycle manager shut it down already
         node.trigger_shutdown()
     node.destroy_node()
