@@ -32,8 +32,9 @@ PARTICIPANT_DELETION_TIMEOUT_S = 5.0
 
 def destroy_participant(context=None, timeout_s: float = PARTICIPANT_DELETION_TIMEOUT_S) -> None:
     """Delete this process's DDS participant now, after ``rclpy.try_shutdown()``: its
-    shared-memory segments (``/dev/shm/fastdds_*``) go with it, while a process that exits
-    without deleting it (``os._exit``, a signal) leaves them behind for good.
+    shared-memory segments (``/dev/shm/fastdds_*``; ``fastrtps_*`` with Jazzy's Fast DDS 2) go
+    with it, while a process that exits without deleting it (``os._exit``, a signal) leaves
+    them behind for good.
 
     The participant lives as long as its rclpy ``context`` (given: destroyed as soon as its
     destroyed nodes release it, whoever still references the Python objects, e.g. a worker
