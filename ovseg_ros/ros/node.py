@@ -95,7 +95,7 @@ from ovseg_ros.ros.conversions import depth_data, frame_messages, image_data, st
 from ovseg_ros.ros.diagnostics import NodeState, SegmentationDiagnostics
 from ovseg_ros.ros.environment import destroy_participant
 from ovseg_ros.ros.node_parameters import declare_parameters, validate_parameters
-from ovseg_ros.ros.rclpy_compat import shutdown_executor
+from ovseg_ros.ros.rclpy_compat import refuse_unknown_transitions, shutdown_executor
 from ovseg_ros.ros.topic_names import camera_prefixes
 from ovseg_ros.ros.vocabulary_changes import VocabularyChanges
 from ovseg_ros.srv import SetVocabulary
@@ -136,6 +136,7 @@ class OvsegNode(LifecycleNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("ovseg", **kwargs)
+        refuse_unknown_transitions(self)
         declare_parameters(self)
         self._stats = FrameStats()  # every camera's frames, over the node's life
         self._camera_stats: dict[str, FrameStats] = {}  # camera name -> its own, over the node's life
