@@ -17,8 +17,10 @@ source "$(ovseg_install_path "$_ovseg_repo")/local_setup.sh"
 # Import ovseg_ros from install/<distro>/ (which has ovseg_ros.msg) even when the current
 # directory is the repository root, whose ovseg_ros/ folder would otherwise shadow it.
 export PYTHONSAFEPATH=1
-# Fast DDS's default transports drop most large best-effort messages (images) here.
-export FASTDDS_BUILTIN_TRANSPORTS="${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}"
+# Fast DDS's default transports drop most large best-effort messages (images) here; the
+# socket size makes Jazzy's shared-memory segment hold a 1080p frame, as Kilted's does
+# (ovseg_ros.ros.environment.FASTDDS_TRANSPORTS says more).
+export FASTDDS_BUILTIN_TRANSPORTS="${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA?sockets_size=4250KB}"
 # The ROS 2 tools from ../shared/ros2 (ros2 launch, ros2 param, message_filters, ...), when
 # scripts/setup.sh installed them; on a ROS install they are already on the paths.
 _ovseg_ros2_tools="$(ovseg_ros2_tools_path "$_ovseg_repo")"
