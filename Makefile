@@ -1,5 +1,6 @@
 # The README's two commands. Each does all set-up on a fresh clone (scripts/setup.sh is
-# quick when nothing changed).
+# quick when nothing changed). On ROS 2 Jazzy; `make test ROS_DISTRO=kilted` (a command-line
+# variable reaches the scripts' environment) sets up and runs on Kilted instead.
 SHELL := /bin/bash
 ACTIVATE := source scripts/activate.sh
 

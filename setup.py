@@ -2,7 +2,7 @@
 
 The ROS 2 package itself is built by colcon from CMakeLists.txt (it generates the
 ovseg_ros.msg / ovseg_ros.srv interfaces); this file lets the engine be used and tested
-without ROS: ``pip install -c constraints.txt .``.
+without ROS: ``pip install -c constraints/common.txt .``.
 """
 
 from setuptools import find_packages, setup

@@ -10,7 +10,7 @@
 # in `carry` (README, GPU section, has the exact device tool calls, what travels and each
 # call's time limit: call 1 450 s of checks, call 2 255 s).
 #
-# --fetch (needs the venv and the registry): downloads the pinned (constraints.txt) cp312
+# --fetch (needs the venv and the registry): downloads the pinned (constraints/common.txt) cp312
 # manylinux wheels of the packages that machine lacks into .device_wheels/, copies the parity
 # fixture cases beside them (.device_wheels/fixtures; FIXTURE_CASES="case ..." overrides the
 # list, "" ships none), prints every size and refuses a total over LIMIT_MIB (60: the working
@@ -33,15 +33,15 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 wheels="${DEVICE_WHEELS:-$repo/.device_wheels}"  # DEVICE_WHEELS: another folder (tests)
 limit_bytes=$((${LIMIT_MIB:-60} * 1024 * 1024))
-# package (as pinned in constraints.txt) -> the module it provides
+# package (as pinned in constraints/common.txt) -> the module it provides
 declare -A module_of=([open_clip_torch]=open_clip [ftfy]=ftfy [wcwidth]=wcwidth [regex]=regex [tqdm]=tqdm
                       [opencv-python-headless]=cv2)
 packages=(open_clip_torch ftfy wcwidth regex tqdm)
 all_cases="sed_b_seed1 sed_b_seed1_cer24 san_b_seed1 sed_l_seed1 san_l_seed1"
 
-pin() {  # the constraints.txt line of a package, e.g. open_clip_torch==3.3.0
+pin() {  # the constraints/common.txt line of a package, e.g. open_clip_torch==3.3.0
   local line
-  line="$(grep -i -E "^${1//-/[-_]}==" "$repo/constraints.txt")" || { echo "device_check: $1 is not pinned in constraints.txt" >&2; exit 1; }
+  line="$(grep -i -E "^${1//-/[-_]}==" "$repo/constraints/common.txt")" || { echo "device_check: $1 is not pinned in constraints/common.txt" >&2; exit 1; }
   echo "$line"
 }
 

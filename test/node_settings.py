@@ -1,6 +1,7 @@
 """Settings and helpers shared by the tests that start the node (one place: every node test imports them from here)."""
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -179,18 +180,22 @@ THREE_CAMERA_LAUNCH = 'ros2 launch ovseg_ros segment.launch.py image_topics:="[/
 TEST_LAUNCH_ARGUMENTS = [f"model:={TEST_MODEL}", "device:=cpu"]
 
 
+# The lock file of a participant's own segment: fastdds_<id>_el (Fast DDS 3, Kilted) or
+# fastrtps_<id>_el (Fast DDS 2, Jazzy); not the <prefix>_port<n>_el of the ports.
+_PARTICIPANT_LOCK_FILE = re.compile(r"/dev/shm/(fastdds|fastrtps)_(?!port)\w+_el")
+
+
 def participant_segments(pid: int) -> set[str]:
     """The Fast DDS shared-memory segment of process ``pid``'s own participant and its lock file
-    (``/dev/shm/fastdds_<id>`` and ``..._el``, not the ``fastdds_port*`` ones that every
-    participant on a port shares): the owner keeps the lock file open, while it maps the
-    segments of the participants it sends to as well."""
+    (``/dev/shm/fastdds_<id>`` and ``..._el``, ``fastrtps_`` on Jazzy; not the ``..._port*``
+    ones that every participant on a port shares): the owner keeps the lock file open, while it
+    maps the segments of the participants it sends to as well."""
     segments = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             target = os.readlink(fd)
         except OSError:  # closed meanwhile
             continue
-        name = Path(target).name
-        if target.startswith("/dev/shm/fastdds_") and name.endswith("_el") and not name.startswith("fastdds_port"):
+        if _PARTICIPANT_LOCK_FILE.fullmatch(target):
             segments |= {target, target.removesuffix("_el")}
     return segments

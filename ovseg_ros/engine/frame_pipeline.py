@@ -60,7 +60,8 @@ OUTPUT_RING = 4
 
 @dataclass(frozen=True)
 class RawImageData:
-    """The fields of a ``sensor_msgs/Image`` (``data`` may be any buffer: no copy is made)."""
+    """The fields of a ``sensor_msgs/Image`` (``data`` may be any buffer: no copy is made of a
+    writable one, such as a message's array; a read-only one, such as ``bytes``, is copied once)."""
 
     encoding: str
     height: int
@@ -335,12 +336,12 @@ class FramePipeline:
         clock = StageClock(self.device)
         start = time.perf_counter()
         with stage("decode"):
-            rgb = _decode(image)
+            rgb = _writable(_decode(image))
             depth_pixels = None
             if depth is not None:
                 depth.intrinsics.check()
                 raw = depth.image
-                depth_pixels = decode_depth(raw.encoding, raw.height, raw.width, raw.step, raw.data, raw.is_bigendian)
+                depth_pixels = _writable(decode_depth(raw.encoding, raw.height, raw.width, raw.step, raw.data, raw.is_bigendian))
         clock.host_ms["decode"] = (time.perf_counter() - start) * 1000.0
         intrinsics = depth.intrinsics if depth is not None else None
         if not self._cuda:
@@ -657,6 +658,12 @@ class FramePipeline:
         if self.cer_budget is not None:
             self.cer_budget.forget()  # another class count: the p95s measured at each K no longer hold
         self.tracker.reset(f"vocabulary version {vocabulary.version}")
+
+
+def _writable(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` themselves, or a copy where they view a read-only buffer (a frame given as
+    ``bytes``, the warm-up's): torch.from_numpy takes writable arrays only."""
+    return pixels if pixels.flags.writeable else pixels.copy()
 
 
 def _decode(image: ImageData) -> np.ndarray:

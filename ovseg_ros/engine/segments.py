@@ -2,7 +2,7 @@
 
     segments = find_segments(outputs.labels, scores, vocabulary.names, present_class_ids=outputs.present_class_ids,
                              depth=depth, intrinsics=intrinsics)          # depth: decode_depth's host array
-    tracker.update(segments, stamp_s, vocabulary.version, outputs.labels.shape, source)   # track ids
+    tracker.update(segments, stamp_s, outputs.labels.shape, source)   # track ids
     instances = instance_image(segments, *outputs.labels.shape)          # (H, W) uint16, 0 = none
 
 A segment is a connected region (8-connectivity) of one class's pixels, found on the host

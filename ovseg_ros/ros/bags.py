@@ -19,12 +19,13 @@ SAMPLE_FRAME_ID = "camera_optical_frame"
 
 
 def typestore(msg_dir: Path | None = None, packages: tuple[str, ...] = ("vision_msgs",)) -> Typestore:
-    """ROS 2 Kilted message types, the message types of ``packages`` that rosbags does not ship
-    (from their installed ``share/<package>/msg``, found by the ament index), and
+    """ROS 2 Jazzy message types (Kilted's are the same for every type here: of rosbags'
+    stores only nav_msgs/Goals differs), the message types of ``packages`` that rosbags does
+    not ship (from their installed ``share/<package>/msg``, found by the ament index), and
     ``ovseg_ros/msg/*`` from ``msg_dir`` when given."""
     from ament_index_python.packages import get_package_share_directory
 
-    store = get_typestore(Stores.ROS2_KILTED)
+    store = get_typestore(Stores.ROS2_JAZZY)
     folders = [(package, Path(get_package_share_directory(package)) / "msg") for package in packages]
     if msg_dir is not None:
         folders.append(("ovseg_ros", Path(msg_dir)))

@@ -9,20 +9,27 @@ import signal
 from pathlib import Path
 
 
-def isolated_ros_environment(ros_home: Path, domain_id: int | None = None) -> dict[str, str]:
-    """Variables giving a run its own DDS domain, ROS_HOME and logs.
+#: Fast DDS's transports (FASTDDS_BUILTIN_TRANSPORTS; scripts/activate.sh has the same default):
+#: LARGE_DATA, as the default ones drop most large best-effort messages (images) on this kind
+#: of machine. Its shared-memory segment holds a message whole; Jazzy's Fast DDS 2.14 sizes it
+#: at twice the socket buffers, the system's default unless set (then a 1080p rgb8 frame, 6.2
+#: MB, went over TCP instead: 6 of 60 best-effort frames at 30 Hz arrived), Kilted's Fast DDS 3
+#: at 8500 KiB. These socket buffers give that segment on both.
+FASTDDS_TRANSPORTS = "LARGE_DATA?sockets_size=4250KB"
 
-    Fast DDS's LARGE_DATA transport is selected: the default one drops most large
-    best-effort messages (images) on this kind of machine. Discovery is deliberately not
-    limited to localhost (ROS_AUTOMATIC_DISCOVERY_RANGE): with LARGE_DATA that made
-    Fast DDS lose almost every 640x480 frame here.
+
+def isolated_ros_environment(ros_home: Path, domain_id: int | None = None) -> dict[str, str]:
+    """Variables giving a run its own DDS domain, ROS_HOME and logs, on :data:`FASTDDS_TRANSPORTS`.
+
+    Discovery is deliberately not limited to localhost (ROS_AUTOMATIC_DISCOVERY_RANGE): with
+    LARGE_DATA that made Fast DDS lose almost every 640x480 frame here.
     """
     ros_home.mkdir(parents=True, exist_ok=True)
     return {
         "ROS_DOMAIN_ID": str(domain_id if domain_id is not None else random.randint(1, 100)),
         "ROS_HOME": str(ros_home),
         "ROS_LOG_DIR": str(ros_home / "log"),
-        "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+        "FASTDDS_BUILTIN_TRANSPORTS": FASTDDS_TRANSPORTS,
     }
 
 
@@ -32,8 +39,9 @@ PARTICIPANT_DELETION_TIMEOUT_S = 5.0
 
 def destroy_participant(context=None, timeout_s: float = PARTICIPANT_DELETION_TIMEOUT_S) -> None:
     """Delete this process's DDS participant now, after ``rclpy.try_shutdown()``: its
-    shared-memory segments (``/dev/shm/fastdds_*``) go with it, while a process that exits
-    without deleting it (``os._exit``, a signal) leaves them behind for good.
+    shared-memory segments (``/dev/shm/fastdds_*``; ``fastrtps_*`` with Jazzy's Fast DDS 2) go
+    with it, while a process that exits without deleting it (``os._exit``, a signal) leaves
+    them behind for good.
 
     The participant lives as long as its rclpy ``context`` (given: destroyed as soon as its
     destroyed nodes release it, whoever still references the Python objects, e.g. a worker

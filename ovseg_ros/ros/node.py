@@ -96,6 +96,7 @@ from ovseg_ros.ros.conversions import depth_data, frame_messages, image_data, st
 from ovseg_ros.ros.diagnostics import NodeState, SegmentationDiagnostics
 from ovseg_ros.ros.environment import destroy_participant
 from ovseg_ros.ros.node_parameters import declare_parameters, validate_parameters
+from ovseg_ros.ros.rclpy_compat import refuse_unknown_transitions, shutdown_executor
 from ovseg_ros.ros.topic_names import camera_prefixes
 from ovseg_ros.ros.vocabulary_changes import VocabularyChanges
 from ovseg_ros.srv import SetVocabulary
@@ -136,6 +137,7 @@ class OvsegNode(LifecycleNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("ovseg", **kwargs)
+        refuse_unknown_transitions(self)
         declare_parameters(self)
         self._stats = FrameStats()  # every camera's frames, over the node's life
         self._camera_stats: dict[str, FrameStats] = {}  # camera name -> its own, over the node's life
@@ -615,7 +617,7 @@ def _run_until_signal(context: Context, wake_read: int, wake_write: int) -> bool
         signal.signal(signum, signal.SIG_IGN)
     node.get_logger().info(f"{signal.Signals(wake).name if wake else 'executor stopped'}: shutting down")
     node.begin_shutdown()  # a callback waiting for a vocabulary change answers now
-    executor.shutdown(wait_for_threads=True)  # the callbacks running finish, answers go out
+    shutdown_executor(executor)  # the callbacks running finish, answers go out
     if not node.finalized:  # else a lifecycle manager shut it down already
         node.trigger_shutdown()
     node.destroy_node()

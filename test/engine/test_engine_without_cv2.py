@@ -53,8 +53,8 @@ WITHOUT_CV2 = textwrap.dedent(f"""
     torch.manual_seed(0)
     scores = torch.rand(3, {HEIGHT}, {WIDTH})
     ema = TemporalSmoother("ema", strength=0.5)
-    ema.update(scores, None, 0.0, 1)
-    result["ema"] = ema.update(scores.flip(0), None, 0.1, 1).tolist()
+    ema.update(scores, None, 0.0)
+    result["ema"] = ema.update(scores.flip(0), None, 0.1).tolist()
 
     renderer = Renderer({NAMES!r}, torch_ops=True)
     labels = torch.from_numpy(rgb[..., 0] % 4)  # 3 = a value that is no class: unlabeled colour
@@ -111,8 +111,8 @@ def test_ema_and_torch_rendering_without_cv2_match_the_engine_with_it(without_cv
     torch.manual_seed(0)
     scores = torch.rand(3, HEIGHT, WIDTH)
     ema = TemporalSmoother("ema", strength=0.5)
-    ema.update(scores, None, 0.0, 1)
-    assert np.array_equal(np.array(without_cv2["ema"], np.float32), ema.update(scores.flip(0), None, 0.1, 1).numpy())
+    ema.update(scores, None, 0.0)
+    assert np.array_equal(np.array(without_cv2["ema"], np.float32), ema.update(scores.flip(0), None, 0.1).numpy())
 
     rgb = np.random.default_rng(0).integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
     labels = torch.from_numpy(rgb[..., 0] % 4)

@@ -1,5 +1,7 @@
 """The frame path, ROS-free: FramePipeline stage by stage (FrameStream: test_frame_stream.py)."""
 
+import array
+import warnings
 
 import numpy as np
 import pytest
@@ -161,3 +163,28 @@ def test_a_vocabulary_change_reaches_each_consumer_once_at_its_first_frame(segme
     assert frame(2) == (f"vocabulary version {new.version}",) * 2
     assert frame(3) == (None, None), "told once, not at every frame"
     assert frame(4, old) == (f"vocabulary version {old.version}",) * 2
+
+
+def test_the_warm_up_frame_runs_with_a_vocabulary_not_installed_yet(segmenter):
+    """The node's configure warms up with the vocabulary it has just encoded (version 0), before
+    installing it; the first frame of the installed one then starts afresh."""
+    vocabularies = VocabularyManager(segmenter.encode_text)
+    encoded = vocabularies.encode(["wall", "floor", "box"])
+    pipeline = FramePipeline(segmenter, vocabularies, TemporalSmoother("ema"))
+    assert encoded.version == 0 and pipeline.warm_up(encoded, HEIGHT, WIDTH) > 0
+    vocabularies.install(encoded)
+    outputs = pipeline.process(raw(), 0.0, OutputRequest(color=True, segments=True))
+    assert outputs.smoothing_reset == "no previous state" and pipeline.tracker.last_reset_reason == "no previous tracks"
+    assert np.array_equal(outputs.color, Renderer(["wall", "floor", "box"]).colorize(torch.from_numpy(outputs.labels)).numpy())
+
+
+def test_frames_in_read_only_buffers_reach_torch_as_copies_and_writable_ones_as_views(pipeline):
+    """torch.from_numpy takes writable arrays only: a ``bytes`` frame is copied (no warning), a
+    message's writable buffer (an array.array) is not."""
+    message_data = memoryview(array.array("B", RGB.tobytes()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "The given NumPy array is not writable"
+        from_bytes = pipeline.prepare(raw())
+        from_message = pipeline.prepare(RawImageData("rgb8", HEIGHT, WIDTH, WIDTH * 3, message_data))
+    assert np.array_equal(from_bytes.rgb, RGB) and from_bytes.rgb.flags.writeable
+    assert np.shares_memory(from_message.rgb, np.frombuffer(message_data, dtype=np.uint8)), "no copy of a writable buffer"

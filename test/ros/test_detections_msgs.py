@@ -32,7 +32,7 @@ def frame():
     scores = scores_of(labels)
     segments = find_segments(labels, scores, NAMES, depth=depth, intrinsics=CAMERA)
     tracker = SegmentTracker()
-    tracker.update(segments, 12.5, 1, labels.shape)
+    tracker.update(segments, 12.5, labels.shape)
     header = Header(frame_id="camera_color_optical_frame")
     header.stamp.sec, header.stamp.nanosec = 12, 500_000_000
     return header, segments, scores

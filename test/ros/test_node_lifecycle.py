@@ -163,3 +163,13 @@ def test_frame_counters_hold_over_cleanup_and_configure(peer, lifecycle, images)
     assert all(after[name] >= before[name] for name in ("received", "processed", "dropped", "failed", "ignored")), (before, after)
     assert after["processed"] > before["processed"] and after["in_flight"] == 0 and counters_add_up(after)
     assert after["inference_threads"] == 1
+
+
+def test_a_transition_the_state_does_not_have_is_refused_and_the_node_goes_on(lifecycle):
+    """A request out of turn (a lifecycle manager's, say) answers failure and changes nothing;
+    the node serves on and exits with 0 (rclpy 7 raised it out of the service callback, which
+    stopped the executor: exit code 1)."""
+    state = lifecycle.state()
+    out_of_turn = "configure" if state == "inactive" else "activate"  # neither starts from that state
+    assert not lifecycle.change(out_of_turn)
+    assert lifecycle.state() == state
