@@ -12,5 +12,10 @@ setup:
 demo: setup
 	@$(ACTIVATE) && python -m ovseg_ros.commands.demo $(ARGS)
 
+# TESTS: which tests (default all); JOBS: pytest-xdist workers, each taking whole files (their
+# module fixtures start one node each); ARGS: more pytest options.
+TESTS ?= test
+JOBS ?= 2
+
 test: setup
-	@$(ACTIVATE) && ruff check . && python -m pytest test $(ARGS)
+	@$(ACTIVATE) && ruff check . && python -m pytest -n $(JOBS) --dist loadfile $(TESTS) $(ARGS)
