@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -106,6 +107,24 @@ def kill_group(group: int) -> None:
 def ros2(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     """Run ``ros2 ARGS...``; its result (stdout and stderr as text)."""
     return subprocess.run(["ros2", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def stop_daemon(timeout: float = 20.0) -> None:
+    """``ros2 daemon stop``; a daemon that does not answer in ``timeout`` s (seen on Kilted: its
+    Fast DDS teardown can hang, as eProsima/Fast-DDS#6066 in the node) is killed, so that no
+    process of the test run outlives it."""
+    try:
+        ros2("daemon", "stop", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        domain = f"--ros-domain-id {os.environ.get('ROS_DOMAIN_ID', '0')}"
+        for proc in Path("/proc").iterdir():
+            try:
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # not a process, or gone meanwhile
+                continue
+            if "_ros2_daemon" in command and domain in command:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(proc.name), signal.SIGKILL)
 
 
 def shell(command: str, timeout: float = 60.0) -> subprocess.CompletedProcess:

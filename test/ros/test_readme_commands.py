@@ -20,7 +20,7 @@ from ovseg_ros.ros.launch_config import LAUNCH_ARGUMENTS, bag_play_command
 from ovseg_ros.msg import ClassMap, SegmentationInfo
 
 from node_settings import TEST_LAUNCH_ARGUMENTS, NODE_READY_TIMEOUT_S, answer_timeout
-from ros2_cli import LaunchProcess, in_graph, param_get, ros2, shell, show_args, subscriptions_of, wait_until_active
+from ros2_cli import LaunchProcess, in_graph, param_get, ros2, shell, show_args, stop_daemon, subscriptions_of, wait_until_active
 from node_settings import THREE_CAMERA_LAUNCH
 
 pytestmark = pytest.mark.usefixtures("ros2_tools")
@@ -78,7 +78,7 @@ def launched(peer, tmp_path_factory):
             time.sleep(1.0)
         yield launch
     finally:
-        ros2("daemon", "stop")
+        stop_daemon()
         launch.check_stopped("ctrl-c")  # with launch's default SIGTERM / SIGKILL timeouts
 
 
