@@ -63,10 +63,16 @@ def serving_node(peer: Peer, log_dir: Path, namespace: str, *args: str, ready_to
     assert code == 0, f"{namespace} exited with {code}:\n{node.log_text()[-3000:]}"
 
 
-def wait_until_serving(peer: Peer, node: NodeProcess, camera_topic: str, class_map_topic: str | None = None) -> None:
-    """Until ``peer`` sees the node subscribed to ``camera_topic`` (and, given a recorded
-    ``class_map_topic``, its latched class map); fails with the node's log if it exits or never gets there."""
-    ready = peer.wait_for(lambda: peer.node.count_subscribers(camera_topic) > 0 or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
+def wait_until_serving(peer: Peer, node: NodeProcess, camera_topics: str | list[str], class_map_topic: str | None = None) -> None:
+    """Until ``peer`` sees the node subscribed to ``camera_topics`` (one or a list; and, given a
+    recorded ``class_map_topic``, its latched class map); fails with the node's log if it exits
+    or never gets there."""
+    topics = [camera_topics] if isinstance(camera_topics, str) else camera_topics
+
+    def subscribed() -> bool:
+        return all(peer.node.count_subscribers(topic) > 0 for topic in topics)
+
+    ready = peer.wait_for(lambda: subscribed() or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
     assert ready and node.process.poll() is None, f"ready {ready}, exit code {node.process.poll()}\n{node.log_text()[-3000:]}"
     if class_map_topic is not None:
         assert peer.wait_for(lambda: peer.recordings[class_map_topic].messages, 10.0), "the latched class map"

@@ -28,7 +28,7 @@ from ovseg_ros.msg import ClassMap, SegmentationInfo
 from ovseg_ros.srv import SetVocabulary
 from ovseg_ros.commands.node_driver import NodeProcess, Peer
 
-from node_settings import FRAME_COUNTERS, NODE_READY_TIMEOUT_S, Lifecycle, answer_timeout, counters_add_up, latest_diagnostics, matched_image_publisher, started_node, stopped
+from node_settings import FRAME_COUNTERS, NODE_READY_TIMEOUT_S, Lifecycle, answer_timeout, counters_add_up, latest_diagnostics, matched_image_publisher, started_node, stopped, wait_until_serving
 from node_settings import TEST_LAUNCH_ARGUMENTS, THREE_CAMERA_LAUNCH
 from ros2_cli import LaunchProcess, in_graph, subscriptions_of, wait_until_active
 
@@ -105,11 +105,6 @@ def start_cameras_node(namespace: str, cameras: list[str], log_dir: Path, extra_
     return started_node(log_dir, namespace, *extra_args, vocabulary=VOCABULARY, env=env, cameras=f"[{', '.join(cameras)}]")
 
 
-def wait_for_subscriptions(peer: Peer, node: NodeProcess, topics: list[str]) -> None:
-    ready = peer.wait_for(lambda: all(peer.node.count_subscribers(topic) > 0 for topic in topics) or node.process.poll() is not None, NODE_READY_TIMEOUT_S)
-    assert ready and node.process.poll() is None, f"ready {ready}, exit code {node.process.poll()}\n{node.log_text()[-3000:]}"
-
-
 def camera_statuses(array, node: str) -> dict[str, tuple[DiagnosticStatus, dict[str, str]]]:
     """Status name -> (status, values) of ``node``'s statuses in one DiagnosticArray."""
     statuses = {}
@@ -169,7 +164,7 @@ def test_three_cameras_own_headers_fair_shares_and_a_stopped_camera(peer, tmp_pa
     try:
         outputs = {name: CameraOutputs(peer, f"/{namespace}/{name}") for name in THREE_CAMERAS}
         diagnostics = peer.record("/diagnostics", DiagnosticArray)
-        wait_for_subscriptions(peer, node, [f"/{namespace}/{name}/image" for name in THREE_CAMERAS])
+        wait_until_serving(peer, node, [f"/{namespace}/{name}/image" for name in THREE_CAMERAS])
         feeds = {name: CameraFeed(peer, name, f"/{namespace}/{name}/image", h, w, rate) for name, (h, w, rate) in THREE_CAMERAS.items()}
 
         for feed in feeds.values():
@@ -272,7 +267,7 @@ def test_vocabulary_change_applies_to_every_camera_from_one_model_pass_on(peer, 
     try:
         outputs = {name: CameraOutputs(peer, f"/{namespace}/{name}") for name in cameras}
         class_maps = peer.record(f"/{namespace}/segmentation/label_info", ClassMap, LATCHED)
-        wait_for_subscriptions(peer, node, [f"/{namespace}/{name}/image" for name in cameras])
+        wait_until_serving(peer, node, [f"/{namespace}/{name}/image" for name in cameras])
         assert peer.wait_for(lambda: class_maps.messages, 10.0), "the latched class map"
         service = peer.node.create_client(SetVocabulary, f"{node_path}/set_vocabulary")
         feeds = {name: CameraFeed(peer, name, f"/{namespace}/{name}/image", h, w, rate) for name, (h, w, rate) in cameras.items()}
@@ -421,7 +416,7 @@ def test_deactivate_during_a_batch_publishes_nothing_then_both_cameras_resume(pe
         outputs = {name: CameraOutputs(peer, f"/{namespace}/{name}") for name in cameras}
         diagnostics = peer.record("/diagnostics", DiagnosticArray)
         lifecycle = Lifecycle(peer, node_path)
-        wait_for_subscriptions(peer, node, [f"/{namespace}/{name}/image" for name in cameras])
+        wait_until_serving(peer, node, [f"/{namespace}/{name}/image" for name in cameras])
         feeds = {name: CameraFeed(peer, name, f"/{namespace}/{name}/image", h, w, rate) for name, (h, w, rate) in cameras.items()}
         for feed in feeds.values():
             feed.start()
